@@ -1,0 +1,254 @@
+// pybind11 bindings for pixdisc._core: converts arrays, checks shapes, releases
+// the GIL and calls the kernels. No algorithm lives here.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "pixdisc/codebook.hpp"
+#include "pixdisc/histogram.hpp"
+#include "pixdisc/nearest.hpp"
+#include "pixdisc/parallel.hpp"
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+
+namespace {
+
+std::string describe(const py::array& a) {
+  std::ostringstream s;
+  s << "dtype=" << py::str(a.dtype()).cast<std::string>() << " shape=(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) s << (d ? ", " : "") << a.shape(d);
+  s << (a.ndim() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+// Pixel data is never silently converted: a wrong dtype or a strided view is
+// an error here, and the Python layer decides when to copy.
+template <typename T>
+py::array_t<T, py::array::c_style> require(const py::array& a, const char* name) {
+  if (!a.dtype().is(py::dtype::of<T>()) || !(a.flags() & py::array::c_style)) {
+    throw py::value_error(std::string(name) + " must be a C-contiguous " +
+                          py::str(py::dtype::of<T>()).cast<std::string>() + " array, got " + describe(a));
+  }
+  return py::array_t<T, py::array::c_style>::ensure(a);
+}
+
+pixdisc::PixelLayout layout_of(const py::array& x, int64_t outer, int channels, int64_t inner) {
+  if (outer < 0 || inner < 0 || channels < 1)
+    throw py::value_error("invalid pixel layout (outer, channels, inner)");
+  if (outer * channels * inner != static_cast<int64_t>(x.size()))
+    throw py::value_error("pixel layout does not match the array size: " + describe(x));
+  return {outer, channels, inner};
+}
+
+// Hands a std::vector to NumPy without a copy: the capsule owns the vector
+// and frees it when the array is collected.
+template <typename T>
+py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
+  auto* owned = new std::vector<T>(std::move(v));
+  py::capsule free_when_done(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>(shape, owned->data(), free_when_done);
+}
+
+pixdisc::Metric metric_of(int m) {
+  if (m < 0 || m > 2) throw py::value_error("metric must be 0 (linf), 1 (l1) or 2 (l2)");
+  return static_cast<pixdisc::Metric>(m);
+}
+
+py::tuple histogram_result(pixdisc::Histogram&& h) {
+  const auto n = static_cast<py::ssize_t>(h.counts.size());
+  const int c = h.channels;
+  return py::make_tuple(to_numpy(std::move(h.values), {n, c}), to_numpy(std::move(h.counts), {n}), h.on_u8_grid);
+}
+
+void check_weighted_values(const py::array_t<float, py::array::c_style>& values,
+                           const py::array_t<int64_t, py::array::c_style>& weights) {
+  if (values.ndim() != 2 || weights.ndim() != 1 || values.shape(0) != weights.shape(0))
+    throw py::value_error("values must be (n, C) and weights (n,)");
+}
+
+py::dict cluster_result(pixdisc::ClusterResult&& r, int channels) {
+  const auto k = static_cast<py::ssize_t>(r.codes.size() / channels);
+  const auto m = static_cast<py::ssize_t>(r.medoid_indices.size());
+  return py::dict("codes"_a = to_numpy(std::move(r.codes), {k, channels}),
+                  "medoid_indices"_a = to_numpy(std::move(r.medoid_indices), {m}), "cost"_a = r.cost,
+                  "iterations"_a = r.iterations, "converged"_a = r.converged);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "pixdisc native CPU kernels (private; use the pixdisc package)";
+
+  m.def("set_num_threads", &pixdisc::set_num_threads, "n"_a);
+  m.def("get_num_threads", &pixdisc::get_num_threads);
+  m.def("build_info", [] {
+    return py::dict("compiler"_a =
+#if defined(__clang__)
+                        std::string("clang ") + __clang_version__,
+#elif defined(__GNUC__)
+                        std::string("gcc ") + __VERSION__,
+#else
+                        std::string("unknown"),
+#endif
+                    "cxx_flags"_a = std::string(PIXDISC_CXX_FLAGS), "build_type"_a = std::string(PIXDISC_BUILD_TYPE));
+  });
+
+  py::class_<pixdisc::NearestIndex>(m, "NearestIndex")
+      .def(py::init([](const py::array& codes, int metric) {
+             auto c = require<float>(codes, "codes");
+             if (c.ndim() != 2) throw py::value_error("codes must be a 2-D (k, C) array, got " + describe(codes));
+             std::vector<float> copy(c.data(), c.data() + c.size());
+             const int channels = static_cast<int>(c.shape(1));
+             py::gil_scoped_release release;
+             return new pixdisc::NearestIndex(std::move(copy), channels, metric_of(metric));
+           }),
+           "codes"_a, "metric"_a)
+      .def_property_readonly("k", &pixdisc::NearestIndex::k)
+      .def_property_readonly("channels", &pixdisc::NearestIndex::channels)
+      .def_property_readonly("grid_cells_per_axis", &pixdisc::NearestIndex::grid_cells_per_axis)
+      .def_property_readonly("mean_candidates", &pixdisc::NearestIndex::mean_candidates)
+      .def(
+          "assign",
+          [](const pixdisc::NearestIndex& self, const py::array& x, int64_t outer, int channels, int64_t inner) {
+            const auto layout = layout_of(x, outer, channels, inner);
+            py::array_t<int32_t> index(layout.pixels());
+            int32_t* out = index.mutable_data();
+            if (x.dtype().is(py::dtype::of<uint8_t>())) {
+              auto a = require<uint8_t>(x, "x");
+              py::gil_scoped_release release;
+              self.assign_u8(a.data(), layout, out);
+            } else {
+              auto a = require<float>(x, "x");
+              py::gil_scoped_release release;
+              self.assign(a.data(), layout, out);
+            }
+            return index;
+          },
+          "x"_a, "outer"_a, "channels"_a, "inner"_a,
+          "Nearest code index of every pixel of x viewed as (outer, channels, inner); int32 (outer*inner,).")
+      .def(
+          "transform",
+          [](const pixdisc::NearestIndex& self, const py::array& x, int64_t outer, int channels, int64_t inner,
+             bool with_index) -> py::object {
+            const auto layout = layout_of(x, outer, channels, inner);
+            py::array_t<int32_t> index(with_index ? layout.pixels() : 0);
+            int32_t* index_ptr = with_index ? index.mutable_data() : nullptr;
+            py::array out;
+            if (x.dtype().is(py::dtype::of<uint8_t>())) {
+              auto a = require<uint8_t>(x, "x");
+              py::array_t<uint8_t> o(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+              uint8_t* dst = o.mutable_data();
+              {
+                py::gil_scoped_release release;
+                self.transform_u8(a.data(), layout, dst, index_ptr);
+              }
+              out = o;
+            } else {
+              auto a = require<float>(x, "x");
+              py::array_t<float> o(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+              float* dst = o.mutable_data();
+              {
+                py::gil_scoped_release release;
+                self.transform(a.data(), layout, dst, index_ptr);
+              }
+              out = o;
+            }
+            if (with_index) return py::make_tuple(out, index);
+            return out;
+          },
+          "x"_a, "outer"_a, "channels"_a, "inner"_a, "with_index"_a = false,
+          "Discretized copy of x (same dtype and shape); uint8 input gives codes rounded to k/255.");
+
+  m.def(
+      "histogram",
+      [](const py::array& x, int64_t outer, int channels, int64_t inner) {
+        const auto layout = layout_of(x, outer, channels, inner);
+        pixdisc::Histogram h;
+        if (x.dtype().is(py::dtype::of<uint8_t>())) {
+          auto a = require<uint8_t>(x, "x");
+          py::gil_scoped_release release;
+          h = pixdisc::histogram_u8(a.data(), layout);
+        } else {
+          auto a = require<float>(x, "x");
+          py::gil_scoped_release release;
+          h = pixdisc::histogram_float(a.data(), layout);
+        }
+        return histogram_result(std::move(h));
+      },
+      "x"_a, "outer"_a, "channels"_a, "inner"_a,
+      "Distinct pixel values (n, C) float32 in lexicographic order, their int64 counts, and whether the data "
+      "was on the 1/255 grid.");
+
+  m.def(
+      "histogram_gray_u8",
+      [](const py::array& x) {
+        auto a = require<uint8_t>(x, "x");
+        py::array_t<int64_t> counts(256);
+        int64_t* out = counts.mutable_data();
+        py::gil_scoped_release release;
+        pixdisc::histogram_gray_u8(a.data(), static_cast<int64_t>(a.size()), out);
+        return counts;
+      },
+      "x"_a, "Counts of each byte value: int64 (256,).");
+
+  m.def(
+      "density_codebook",
+      [](const py::array& values, const py::array& weights, int k, double r, int metric, int kernel,
+         double bandwidth) {
+        auto v = require<float>(values, "values");
+        auto w = require<int64_t>(weights, "weights");
+        check_weighted_values(v, w);
+        if (kernel < 0 || kernel > 2) throw py::value_error("kernel must be 0 (identity), 1 (box) or 2 (gaussian)");
+        const int channels = static_cast<int>(v.shape(1));
+        pixdisc::DensityResult res;
+        {
+          py::gil_scoped_release release;
+          res = pixdisc::density_codebook(v.data(), w.data(), v.shape(0), channels, k, r, metric_of(metric),
+                                          static_cast<pixdisc::Kernel>(kernel), bandwidth);
+        }
+        const auto n = static_cast<py::ssize_t>(res.code_indices.size());
+        return py::dict("codes"_a = to_numpy(std::move(res.codes), {n, channels}),
+                        "code_indices"_a = to_numpy(std::move(res.code_indices), {n}),
+                        "densities"_a = to_numpy(std::move(res.densities), {n}),
+                        "covered"_a = to_numpy(std::move(res.covered), {n}), "stopped_early"_a = res.stopped_early);
+      },
+      "values"_a, "weights"_a, "k"_a, "r"_a, "metric"_a, "kernel"_a, "bandwidth"_a);
+
+  m.def(
+      "kmedoids_codebook",
+      [](const py::array& values, const py::array& weights, int k, int metric, uint64_t seed, int max_iter) {
+        auto v = require<float>(values, "values");
+        auto w = require<int64_t>(weights, "weights");
+        check_weighted_values(v, w);
+        const int channels = static_cast<int>(v.shape(1));
+        pixdisc::ClusterResult res;
+        {
+          py::gil_scoped_release release;
+          res = pixdisc::kmedoids_codebook(v.data(), w.data(), v.shape(0), channels, k, metric_of(metric), seed,
+                                           max_iter);
+        }
+        return cluster_result(std::move(res), channels);
+      },
+      "values"_a, "weights"_a, "k"_a, "metric"_a, "seed"_a, "max_iter"_a);
+
+  m.def(
+      "kmeans_codebook",
+      [](const py::array& values, const py::array& weights, int k, uint64_t seed, int max_iter, double tol) {
+        auto v = require<float>(values, "values");
+        auto w = require<int64_t>(weights, "weights");
+        check_weighted_values(v, w);
+        const int channels = static_cast<int>(v.shape(1));
+        pixdisc::ClusterResult res;
+        {
+          py::gil_scoped_release release;
+          res = pixdisc::kmeans_codebook(v.data(), w.data(), v.shape(0), channels, k, seed, max_iter, tol);
+        }
+        return cluster_result(std::move(res), channels);
+      },
+      "values"_a, "weights"_a, "k"_a, "seed"_a, "max_iter"_a, "tol"_a);
+}

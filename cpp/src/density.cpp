@@ -1,0 +1,231 @@
+// Algorithm 1: greedy density selection of codes on the histogram of values.
+//
+// A grid of cells at least as wide as the largest radius in play (r, or the
+// kernel support) finds every value within that radius of a point by visiting
+// a few neighbouring cells; a max segment tree over (density, -index) gives
+// the next code, so each round costs only what it removes.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "pixdisc/codebook.hpp"
+#include "pixdisc/parallel.hpp"
+
+namespace pixdisc {
+
+namespace {
+
+double value_distance(Metric metric, const float* a, const float* b, int channels) {
+  double acc = 0.0;
+  for (int c = 0; c < channels; ++c) {
+    const double d = std::abs(double(a[c]) - double(b[c]));
+    if (metric == Metric::linf) acc = std::max(acc, d);
+    else if (metric == Metric::l1) acc += d;
+    else acc += d * d;
+  }
+  return acc;  // squared for l2
+}
+
+// Buckets of the values that are still "remaining", by grid cell.
+class ValueGrid {
+ public:
+  ValueGrid(const float* values, int64_t n, int channels, double reach)
+      : values_(values), channels_(channels) {
+    const int max_cells[] = {0, 1 << 14, 1 << 8, 64, 16};
+    const double per_axis = reach > 0 ? std::floor(1.0 / reach) : double(max_cells[channels]);
+    cells_per_axis_ = static_cast<int>(std::clamp(per_axis, 1.0, double(max_cells[channels])));
+    int64_t cells = 1;
+    for (int c = 0; c < channels; ++c) cells *= cells_per_axis_;
+    buckets_.resize(cells);
+    slot_.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      auto& b = buckets_[cell_of(values + i * channels)];
+      slot_[i] = static_cast<int32_t>(b.size());
+      b.push_back(static_cast<int32_t>(i));
+    }
+  }
+
+  void remove(int32_t i) {
+    auto& b = buckets_[cell_of(values_ + int64_t(i) * channels_)];
+    const int32_t last = b.back();
+    b[slot_[i]] = last;
+    slot_[last] = slot_[i];
+    b.pop_back();
+  }
+
+  // Calls fn(j) for every remaining value j in the cells that can hold values
+  // within `radius` of point (one extra cell each side absorbs rounding).
+  template <typename Fn>
+  void for_each_near(const float* point, double radius, Fn&& fn) const {
+    int lo[kMaxChannels], hi[kMaxChannels], cur[kMaxChannels];
+    for (int c = 0; c < channels_; ++c) {
+      lo[c] = std::max(0, static_cast<int>(std::floor((point[c] - radius) * cells_per_axis_)) - 1);
+      hi[c] = std::min(cells_per_axis_ - 1, static_cast<int>(std::floor((point[c] + radius) * cells_per_axis_)) + 1);
+      cur[c] = lo[c];
+    }
+    while (true) {
+      int64_t cell = 0, scale = 1;
+      for (int c = 0; c < channels_; ++c) {
+        cell += cur[c] * scale;
+        scale *= cells_per_axis_;
+      }
+      for (int32_t j : buckets_[cell]) fn(j);
+      // Odometer step over the cell box.
+      int c = 0;
+      while (c < channels_ && cur[c] == hi[c]) {
+        cur[c] = lo[c];
+        ++c;
+      }
+      if (c == channels_) return;
+      ++cur[c];
+    }
+  }
+
+ private:
+  const float* values_;
+  int channels_;
+  int cells_per_axis_ = 1;
+  std::vector<std::vector<int32_t>> buckets_;
+  std::vector<int32_t> slot_;  // position of each value inside its bucket
+
+  int64_t cell_of(const float* v) const {
+    int64_t cell = 0, scale = 1;
+    for (int c = 0; c < channels_; ++c) {
+      int g = static_cast<int>(double(v[c]) * cells_per_axis_);
+      g = std::clamp(g, 0, cells_per_axis_ - 1);
+      cell += g * scale;
+      scale *= cells_per_axis_;
+    }
+    return cell;
+  }
+};
+
+// Max segment tree over (density, lowest index); removed leaves hold -1.
+class ArgmaxTree {
+ public:
+  explicit ArgmaxTree(const std::vector<double>& density) : density_(density) {
+    const int64_t n = static_cast<int64_t>(density.size());
+    size_ = 1;
+    while (size_ < n) size_ <<= 1;
+    node_.assign(2 * size_, -1);
+    for (int64_t i = 0; i < n; ++i) node_[size_ + i] = i;
+    for (int64_t v = size_ - 1; v >= 1; --v) node_[v] = better(node_[2 * v], node_[2 * v + 1]);
+  }
+  int64_t best() const { return node_[1]; }
+  void erase(int64_t i) { set_leaf(i, -1); }
+  void refresh(int64_t i) { set_leaf(i, i); }
+
+ private:
+  const std::vector<double>& density_;
+  int64_t size_ = 1;
+  std::vector<int64_t> node_;
+
+  int64_t better(int64_t a, int64_t b) const {
+    if (a < 0) return b;
+    if (b < 0) return a;
+    if (density_[b] > density_[a]) return b;
+    return a;  // equal density: a has the lower index (left subtree)
+  }
+  void set_leaf(int64_t i, int64_t value) {
+    int64_t v = size_ + i;
+    node_[v] = value;
+    for (v >>= 1; v >= 1; v >>= 1) node_[v] = better(node_[2 * v], node_[2 * v + 1]);
+  }
+};
+
+void check_sorted_distinct(const float* values, int64_t n, int channels) {
+  for (int64_t i = 1; i < n; ++i) {
+    const float* a = values + (i - 1) * channels;
+    const float* b = values + i * channels;
+    if (!std::lexicographical_compare(a, a + channels, b, b + channels))
+      throw std::invalid_argument("values must be distinct and sorted lexicographically (use pixel_histogram)");
+  }
+}
+
+}  // namespace
+
+DensityResult density_codebook(const float* values, const int64_t* weights, int64_t n, int channels,
+                               int k, double r, Metric metric, Kernel kernel, double bandwidth) {
+  if (channels < 1 || channels > kMaxChannels) throw std::invalid_argument("values must have 1 to 4 channels");
+  if (k <= 0) throw std::invalid_argument("k must be positive, got " + std::to_string(k));
+  if (!(r >= 0.0) || std::isinf(r)) throw std::invalid_argument("r must be a finite number >= 0");
+  if (kernel != Kernel::identity && !(bandwidth > 0.0 && std::isfinite(bandwidth)))
+    throw std::invalid_argument("the kernel bandwidth must be a finite number > 0");
+  if (n > std::numeric_limits<int32_t>::max()) throw std::invalid_argument("too many distinct values");
+  check_sorted_distinct(values, n, channels);
+  for (int64_t i = 0; i < n; ++i)
+    if (weights[i] < 0) throw std::invalid_argument("weights must be non-negative");
+
+  // Kernel support in the metric's units (squared for l2, like the distances).
+  const double support = kernel == Kernel::identity ? 0.0 : kernel == Kernel::box ? bandwidth : 4.0 * bandwidth;
+  auto as_metric = [&](double d) { return metric == Metric::l2 ? d * d : d; };
+  const double r_cmp = as_metric(r), support_cmp = as_metric(support);
+  auto kernel_weight = [&](double d) {  // d in metric units (squared for l2)
+    if (kernel == Kernel::box) return d <= support_cmp ? 1.0 : 0.0;
+    if (d > support_cmp) return 0.0;
+    const double d2 = metric == Metric::l2 ? d : d * d;
+    return std::exp(-d2 / (2.0 * bandwidth * bandwidth));
+  };
+
+  ValueGrid grid(values, n, channels, std::max(r, support));
+  std::vector<double> density(n);
+  if (kernel == Kernel::identity) {
+    for (int64_t i = 0; i < n; ++i) density[i] = double(weights[i]);
+  } else {
+    parallel_for(n, 1024, [&](int64_t begin, int64_t end, int) {
+      for (int64_t i = begin; i < end; ++i) {
+        const float* p = values + i * channels;
+        double s = 0.0;
+        grid.for_each_near(p, support, [&](int32_t j) {
+          s += kernel_weight(value_distance(metric, p, values + int64_t(j) * channels, channels)) * double(weights[j]);
+        });
+        density[i] = s;
+      }
+    });
+  }
+  ArgmaxTree tree(density);
+  std::vector<char> removed(n, 0);
+  std::vector<int32_t> round_removed;
+
+  DensityResult result;
+  for (int t = 0; t < k; ++t) {
+    const int64_t best = tree.best();
+    if (best < 0) {
+      result.stopped_early = true;
+      break;
+    }
+    const float* code = values + best * channels;
+    result.codes.insert(result.codes.end(), code, code + channels);
+    result.code_indices.push_back(best);
+    result.densities.push_back(density[best]);
+    round_removed.clear();
+    grid.for_each_near(code, r, [&](int32_t j) {
+      if (value_distance(metric, code, values + int64_t(j) * channels, channels) <= r_cmp) round_removed.push_back(j);
+    });
+    int64_t covered = 0;
+    for (int32_t j : round_removed) {
+      removed[j] = 1;
+      covered += weights[j];
+      grid.remove(j);
+      tree.erase(j);
+    }
+    result.covered.push_back(covered);
+    if (kernel == Kernel::identity) continue;
+    // Removed pixels no longer count towards their neighbours' densities.
+    for (int32_t q : round_removed) {
+      const float* qv = values + int64_t(q) * channels;
+      grid.for_each_near(qv, support, [&](int32_t p) {
+        const double w = kernel_weight(value_distance(metric, qv, values + int64_t(p) * channels, channels));
+        if (w > 0.0) {
+          density[p] -= w * double(weights[q]);
+          tree.refresh(p);
+        }
+      });
+    }
+  }
+  return result;
+}
+
+}  // namespace pixdisc

@@ -1,0 +1,276 @@
+// CPU pixel histograms: dense per-worker tables for 8-bit data, sorting otherwise.
+#include "pixdisc/histogram.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <sstream>
+
+namespace pixdisc {
+
+namespace {
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+using CountTable = std::unique_ptr<uint32_t[], FreeDeleter>;
+
+// calloc hands back lazily zeroed pages: a 64 MiB table costs page faults
+// only where colours actually land, not a 64 MiB memset.
+CountTable zeroed_table(size_t n) {
+  auto* p = static_cast<uint32_t*>(std::calloc(n, sizeof(uint32_t)));
+  if (!p) throw std::runtime_error("out of memory allocating a histogram table");
+  return CountTable(p);
+}
+
+// Gray counting with four sub-histograms so consecutive equal bytes do not
+// serialise on one counter (store-to-load forwarding stalls).
+void count_bytes(const uint8_t* x, int64_t n, uint32_t (*sub)[256]) {
+  int64_t p = 0;
+  for (; p + 4 <= n; p += 4) {
+    ++sub[0][x[p]];
+    ++sub[1][x[p + 1]];
+    ++sub[2][x[p + 2]];
+    ++sub[3][x[p + 3]];
+  }
+  for (; p < n; ++p) ++sub[0][x[p]];
+}
+
+// Reads the 8-bit key of pixel (o, i); for floats also checks it is on the grid.
+struct U8Source {
+  const uint8_t* x;
+  bool key(int64_t base, int64_t inner, int channels, uint32_t& key) const {
+    key = 0;
+    for (int c = 0; c < channels; ++c) key = (key << 8) | x[base + c * inner];
+    return true;
+  }
+};
+
+struct FloatGridSource {
+  const float* x;
+  bool key(int64_t base, int64_t inner, int channels, uint32_t& key) const {
+    key = 0;
+    for (int c = 0; c < channels; ++c) {
+      const float v = x[base + c * inner];
+      if (!in_unit_range(v)) return false;
+      const float q = std::nearbyint(v * 255.0f);
+      if (static_cast<float>(q) / 255.0f != v) return false;
+      key = (key << 8) | static_cast<uint32_t>(q);
+    }
+    return true;
+  }
+};
+
+Histogram from_dense(const std::vector<CountTable>& tables, int channels) {
+  const int64_t bins = int64_t(1) << (8 * channels);
+  const int workers = planned_workers(bins, 1 << 16);
+  std::vector<int64_t> nonzero(workers + 1, 0);
+  uint32_t* total = tables[0].get();
+  // Pass 1: fold all tables into the first and count distinct values per range.
+  parallel_for(bins, 1 << 16, [&](int64_t begin, int64_t end, int w) {
+    int64_t nz = 0;
+    for (int64_t b = begin; b < end; ++b) {
+      uint64_t s = total[b];
+      for (size_t t = 1; t < tables.size(); ++t) s += tables[t][b];
+      if (s > 0xffffffffu) throw std::runtime_error("histogram count overflow (more than 2^32 equal pixels)");
+      total[b] = static_cast<uint32_t>(s);
+      nz += s != 0;
+    }
+    nonzero[w + 1] = nz;
+  });
+  for (int w = 0; w < workers; ++w) nonzero[w + 1] += nonzero[w];
+  Histogram h;
+  h.channels = channels;
+  h.on_u8_grid = true;
+  h.values.resize(nonzero[workers] * channels);
+  h.counts.resize(nonzero[workers]);
+  // Pass 2: write the non-empty bins in key (= lexicographic) order.
+  parallel_for(bins, 1 << 16, [&](int64_t begin, int64_t end, int w) {
+    int64_t out = nonzero[w];
+    for (int64_t b = begin; b < end; ++b) {
+      if (!total[b]) continue;
+      for (int c = 0; c < channels; ++c) {
+        const int shift = 8 * (channels - 1 - c);
+        h.values[out * channels + c] = u8_to_unit(static_cast<uint8_t>((b >> shift) & 0xff));
+      }
+      h.counts[out++] = total[b];
+    }
+  });
+  return h;
+}
+
+// Dense counting for 2 or 3 channels (a 2^16 or 2^24 table per worker).
+// Returns false when a float source met a value off the 1/255 grid.
+template <typename Source>
+bool dense_histogram(const Source& src, PixelLayout layout, Histogram& result) {
+  const int channels = layout.channels;
+  const size_t bins = size_t(1) << (8 * channels);
+  const int64_t inner = layout.inner;
+  // Each worker owns a table; cap the count so memory stays bounded on big machines.
+  const int max_tables = channels == 3 ? 8 : 64;
+  const int workers = planned_workers(layout.pixels(), 1 << 18, max_tables);
+  std::vector<CountTable> tables;
+  for (int w = 0; w < workers; ++w) tables.push_back(zeroed_table(bins));
+  std::vector<char> off_grid(workers, 0);
+  parallel_for(
+      layout.pixels(), 1 << 18,
+      [&](int64_t begin, int64_t end, int w) {
+        if (end - begin >= (int64_t(1) << 32)) throw std::runtime_error("too many pixels for one histogram worker");
+        uint32_t* table = tables[w].get();
+        int64_t o = begin / inner, i = begin % inner;
+        for (int64_t p = begin; p < end; ++p) {
+          uint32_t key;
+          if (!src.key(o * channels * inner + i, inner, channels, key)) {
+            off_grid[w] = 1;
+            return;
+          }
+          ++table[key];
+          if (++i == inner) { i = 0; ++o; }
+        }
+      },
+      max_tables);
+  for (char f : off_grid)
+    if (f) return false;
+  result = from_dense(tables, channels);
+  return true;
+}
+
+// Sort-based counting for arbitrary floats or 4-channel data.
+template <int C>
+Histogram sorted_histogram_t(const float* x, PixelLayout layout) {
+  const int64_t n = layout.pixels(), inner = layout.inner;
+  std::vector<std::array<float, C>> rows(n);
+  for (int64_t p = 0, o = 0, i = 0; p < n; ++p) {
+    for (int c = 0; c < C; ++c) {
+      const float v = x[o * C * inner + c * inner + i];
+      if (!in_unit_range(v)) {
+        std::ostringstream msg;
+        msg << "pixel values must lie in [0, 1] (float input) but found " << v;
+        throw std::invalid_argument(msg.str());
+      }
+      rows[p][c] = v == 0.0f ? 0.0f : v;  // fold -0 into +0
+    }
+    if (++i == inner) { i = 0; ++o; }
+  }
+  std::sort(rows.begin(), rows.end());
+  Histogram h;
+  h.channels = C;
+  for (int64_t p = 0; p < n;) {
+    int64_t q = p + 1;
+    while (q < n && rows[q] == rows[p]) ++q;
+    h.values.insert(h.values.end(), rows[p].begin(), rows[p].end());
+    h.counts.push_back(q - p);
+    p = q;
+  }
+  return h;
+}
+
+Histogram sorted_histogram(const float* x, PixelLayout layout) {
+  switch (layout.channels) {
+    case 1: return sorted_histogram_t<1>(x, layout);
+    case 2: return sorted_histogram_t<2>(x, layout);
+    case 3: return sorted_histogram_t<3>(x, layout);
+    case 4: return sorted_histogram_t<4>(x, layout);
+  }
+  throw std::invalid_argument("pixels must have 1 to 4 channels");
+}
+
+Histogram from_gray_counts(const int64_t* counts) {
+  Histogram h;
+  h.channels = 1;
+  h.on_u8_grid = true;
+  for (int v = 0; v < 256; ++v) {
+    if (!counts[v]) continue;
+    h.values.push_back(u8_to_unit(static_cast<uint8_t>(v)));
+    h.counts.push_back(counts[v]);
+  }
+  return h;
+}
+
+void check_layout(PixelLayout layout) {
+  if (layout.channels < 1 || layout.channels > kMaxChannels)
+    throw std::invalid_argument("pixels must have 1 to 4 channels, got " + std::to_string(layout.channels));
+  if (layout.outer < 0 || layout.inner < 0) throw std::invalid_argument("negative array extent");
+}
+
+}  // namespace
+
+void histogram_gray_u8(const uint8_t* x, int64_t n, int64_t* counts) {
+  const int workers = planned_workers(n, 1 << 18);
+  std::vector<std::array<int64_t, 256>> totals(workers);
+  parallel_for(n, 1 << 18, [&](int64_t begin, int64_t end, int w) {
+    totals[w].fill(0);
+    uint32_t tables[4][256];
+    // Flush the 32-bit sub-histograms every 2^30 bytes so none can overflow.
+    for (int64_t start = begin; start < end; start += int64_t(1) << 30) {
+      std::memset(tables, 0, sizeof(tables));
+      count_bytes(x + start, std::min(end, start + (int64_t(1) << 30)) - start, tables);
+      for (int v = 0; v < 256; ++v)
+        totals[w][v] += int64_t(tables[0][v]) + tables[1][v] + tables[2][v] + tables[3][v];
+    }
+  });
+  for (int v = 0; v < 256; ++v) {
+    counts[v] = 0;
+    for (int w = 0; w < workers; ++w) counts[v] += totals[w][v];
+  }
+}
+
+Histogram histogram_u8(const uint8_t* x, PixelLayout layout) {
+  check_layout(layout);
+  if (layout.channels == 1) {
+    int64_t counts[256];
+    histogram_gray_u8(x, layout.pixels(), counts);
+    return from_gray_counts(counts);
+  }
+  if (layout.channels <= 3) {
+    Histogram h;
+    dense_histogram(U8Source{x}, layout, h);
+    return h;
+  }
+  // Four 8-bit channels: convert to floats on the grid and sort.
+  const int64_t total = layout.pixels() * layout.channels;
+  std::vector<float> as_float(total);
+  for (int64_t e = 0; e < total; ++e) as_float[e] = u8_to_unit(x[e]);
+  Histogram h = sorted_histogram(as_float.data(), layout);
+  h.on_u8_grid = true;
+  return h;
+}
+
+Histogram histogram_float(const float* x, PixelLayout layout) {
+  check_layout(layout);
+  if (layout.channels <= 3) {
+    Histogram h;
+    if (layout.channels == 1) {
+      // Gray floats: try the 256-bin grid first.
+      const int workers = planned_workers(layout.pixels(), 1 << 18);
+      std::vector<std::array<int64_t, 256>> counts(workers);
+      for (auto& c : counts) c.fill(0);
+      std::vector<char> off_grid(workers, 0);
+      FloatGridSource src{x};
+      parallel_for(layout.pixels(), 1 << 18, [&](int64_t begin, int64_t end, int w) {
+        for (int64_t p = begin; p < end; ++p) {
+          uint32_t key;
+          if (!src.key(p, 1, 1, key)) {
+            off_grid[w] = 1;
+            return;
+          }
+          ++counts[w][key];
+        }
+      });
+      if (std::none_of(off_grid.begin(), off_grid.end(), [](char f) { return f != 0; })) {
+        int64_t total[256] = {};
+        for (auto& c : counts)
+          for (int v = 0; v < 256; ++v) total[v] += c[v];
+        return from_gray_counts(total);
+      }
+    } else if (dense_histogram(FloatGridSource{x}, layout, h)) {
+      return h;
+    }
+  }
+  return sorted_histogram(x, layout);
+}
+
+}  // namespace pixdisc

@@ -1,0 +1,212 @@
+// CPU nearest-code kernels: grid construction and the per-pixel loops.
+#include "pixdisc/nearest.hpp"
+
+#include <cstring>
+#include <sstream>
+
+namespace pixdisc {
+
+namespace {
+
+// Slack that keeps every float-arithmetic minimiser inside a cell's list:
+// cells are widened a little and the keep-test gets an absolute margin, both
+// far above float32 rounding of distances of values in [0, 1].
+constexpr double kCellSlack = 1e-6;
+constexpr double kKeepSlack = 1e-5;
+
+struct BadValue {
+  bool found = false;
+  double value = 0.0;
+};
+
+[[noreturn]] void throw_bad_value(double v) {
+  std::ostringstream msg;
+  msg << "pixel values must lie in [0, 1] (float input) but found " << v;
+  throw std::invalid_argument(msg.str());
+}
+
+void check_workers(const std::vector<BadValue>& bad) {
+  for (const auto& b : bad)
+    if (b.found) throw_bad_value(b.value);
+}
+
+}  // namespace
+
+void NearestIndex::build_grid() {
+  // Tiny codebooks: one cell holding every code is as fast as any grid.
+  cells_per_axis_ = k_ <= 4 ? 1 : detail::grid_cells_per_axis(channels_, k_);
+  int64_t cells = 1;
+  for (int c = 0; c < channels_; ++c) cells *= cells_per_axis_;
+  const int workers = planned_workers(cells, 256);
+  std::vector<std::vector<int32_t>> worker_lists(workers);
+  std::vector<int32_t> counts(cells);
+  parallel_for(cells, 256, [&](int64_t begin, int64_t end, int w) {
+    std::vector<double> lo(channels_), hi(channels_), min_d(k_), max_d(k_);
+    auto& out = worker_lists[w];
+    for (int64_t cell = begin; cell < end; ++cell) {
+      int64_t rest = cell;
+      for (int c = 0; c < channels_; ++c) {
+        const int64_t g = rest % cells_per_axis_;
+        rest /= cells_per_axis_;
+        lo[c] = double(g) / cells_per_axis_ - kCellSlack;
+        hi[c] = double(g + 1) / cells_per_axis_ + kCellSlack;
+      }
+      double min_of_max = std::numeric_limits<double>::infinity();
+      for (int j = 0; j < k_; ++j) {
+        double near = 0.0, far = 0.0;
+        for (int c = 0; c < channels_; ++c) {
+          const double v = codes_[j * channels_ + c];
+          const double gap = std::max({0.0, lo[c] - v, v - hi[c]});
+          const double span = std::max(std::abs(v - lo[c]), std::abs(v - hi[c]));
+          near = detail::combine_metric(metric_, near, gap);
+          far = detail::combine_metric(metric_, far, span);
+        }
+        min_d[j] = near;
+        max_d[j] = far;
+        min_of_max = std::min(min_of_max, far);
+      }
+      int32_t n = 0;
+      for (int j = 0; j < k_; ++j) {
+        if (min_d[j] <= min_of_max + kKeepSlack) {
+          out.push_back(j);
+          ++n;
+        }
+      }
+      counts[cell] = n;
+    }
+  });
+  offsets_.assign(cells + 1, 0);
+  for (int64_t cell = 0; cell < cells; ++cell) offsets_[cell + 1] = offsets_[cell] + counts[cell];
+  lists_.clear();
+  lists_.reserve(offsets_[cells]);
+  for (auto& part : worker_lists) lists_.insert(lists_.end(), part.begin(), part.end());
+}
+
+int NearestIndex::dispatch_nearest(const float* x, int64_t stride) const {
+#define PIXDISC_NEAREST_CASE(M, C) \
+  if (metric_ == M && channels_ == C) return nearest_t<M, C>(x, stride);
+#define PIXDISC_NEAREST_METRICS(C)             \
+  PIXDISC_NEAREST_CASE(Metric::linf, C)        \
+  PIXDISC_NEAREST_CASE(Metric::l1, C)          \
+  PIXDISC_NEAREST_CASE(Metric::l2, C)
+  PIXDISC_NEAREST_METRICS(1)
+  PIXDISC_NEAREST_METRICS(2)
+  PIXDISC_NEAREST_METRICS(3)
+  PIXDISC_NEAREST_METRICS(4)
+#undef PIXDISC_NEAREST_METRICS
+#undef PIXDISC_NEAREST_CASE
+  throw std::invalid_argument("unsupported metric or channel count");
+}
+
+template <Metric M, int C>
+void NearestIndex::run_float_t(const float* x, PixelLayout layout, int32_t* index, float* out) const {
+  const int64_t inner = layout.inner;
+  const int workers = planned_workers(layout.pixels(), 1 << 15);
+  std::vector<BadValue> bad(workers);
+  parallel_for(layout.pixels(), 1 << 15, [&](int64_t begin, int64_t end, int w) {
+    int64_t o = begin / inner, i = begin % inner;
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t base = o * C * inner + i;
+      const float* pixel = x + base;
+      bool ok = true;
+      for (int c = 0; c < C; ++c) ok = ok && in_unit_range(pixel[c * inner]);
+      int j = 0;
+      if (ok) {
+        j = nearest_t<M, C>(pixel, inner);
+      } else if (!bad[w].found) {
+        bad[w].found = true;
+        for (int c = 0; c < C; ++c)
+          if (!in_unit_range(pixel[c * inner])) { bad[w].value = pixel[c * inner]; break; }
+      }
+      if (index) index[p] = j;
+      if (out)
+        for (int c = 0; c < C; ++c) out[base + c * inner] = codes_[j * C + c];
+      if (++i == inner) { i = 0; ++o; }
+    }
+  });
+  check_workers(bad);
+}
+
+template <Metric M, int C>
+void NearestIndex::run_u8_t(const uint8_t* x, PixelLayout layout, int32_t* index, uint8_t* out) const {
+  const int64_t inner = layout.inner;
+  if (C == 1) {
+    // Gray uint8: 256 possible inputs, so a lookup table is exact and the
+    // loop is a pure gather limited by memory bandwidth.
+    int32_t lut_index[256];
+    uint8_t lut_value[256];
+    for (int v = 0; v < 256; ++v) {
+      const float f = u8_to_unit(static_cast<uint8_t>(v));
+      lut_index[v] = nearest_t<M, 1>(&f, 1);
+      lut_value[v] = codes_u8_[lut_index[v]];
+    }
+    parallel_for(layout.pixels(), 1 << 16, [&](int64_t begin, int64_t end, int) {
+      if (out)
+        for (int64_t p = begin; p < end; ++p) out[p] = lut_value[x[p]];
+      if (index)
+        for (int64_t p = begin; p < end; ++p) index[p] = lut_index[x[p]];
+    });
+    return;
+  }
+  parallel_for(layout.pixels(), 1 << 15, [&](int64_t begin, int64_t end, int) {
+    int64_t o = begin / inner, i = begin % inner;
+    // Neighbouring pixels often share a colour: remember the last answer.
+    uint32_t last_key = 0xffffffffu;
+    int last_j = 0;
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t base = o * C * inner + i;
+      uint32_t key = 0;
+      float pixel[C];
+      for (int c = 0; c < C; ++c) {
+        const uint8_t v = x[base + c * inner];
+        key = (key << 8) | v;
+        pixel[c] = u8_to_unit(v);
+      }
+      if (key != last_key) {
+        last_j = nearest_t<M, C>(pixel, 1);
+        last_key = key;
+      }
+      if (index) index[p] = last_j;
+      if (out)
+        for (int c = 0; c < C; ++c) out[base + c * inner] = codes_u8_[last_j * C + c];
+      if (++i == inner) { i = 0; ++o; }
+    }
+  });
+}
+
+#define PIXDISC_RUN_DISPATCH(FN, ...)                                      \
+  do {                                                                     \
+    switch (channels_ * 3 + static_cast<int>(metric_)) {                  \
+      case 1 * 3 + 0: FN<Metric::linf, 1>(__VA_ARGS__); return;            \
+      case 1 * 3 + 1: FN<Metric::l1, 1>(__VA_ARGS__); return;              \
+      case 1 * 3 + 2: FN<Metric::l2, 1>(__VA_ARGS__); return;              \
+      case 2 * 3 + 0: FN<Metric::linf, 2>(__VA_ARGS__); return;            \
+      case 2 * 3 + 1: FN<Metric::l1, 2>(__VA_ARGS__); return;              \
+      case 2 * 3 + 2: FN<Metric::l2, 2>(__VA_ARGS__); return;              \
+      case 3 * 3 + 0: FN<Metric::linf, 3>(__VA_ARGS__); return;            \
+      case 3 * 3 + 1: FN<Metric::l1, 3>(__VA_ARGS__); return;              \
+      case 3 * 3 + 2: FN<Metric::l2, 3>(__VA_ARGS__); return;              \
+      case 4 * 3 + 0: FN<Metric::linf, 4>(__VA_ARGS__); return;            \
+      case 4 * 3 + 1: FN<Metric::l1, 4>(__VA_ARGS__); return;              \
+      case 4 * 3 + 2: FN<Metric::l2, 4>(__VA_ARGS__); return;              \
+      default: throw std::invalid_argument("unsupported metric or channel count"); \
+    }                                                                      \
+  } while (0)
+
+void NearestIndex::run_float(const float* x, PixelLayout layout, int32_t* index, float* out) const {
+  if (layout.channels != channels_)
+    throw std::invalid_argument("input has " + std::to_string(layout.channels) +
+                                " channels but the codebook has " + std::to_string(channels_));
+  PIXDISC_RUN_DISPATCH(run_float_t, x, layout, index, out);
+}
+
+void NearestIndex::run_u8(const uint8_t* x, PixelLayout layout, int32_t* index, uint8_t* out) const {
+  if (layout.channels != channels_)
+    throw std::invalid_argument("input has " + std::to_string(layout.channels) +
+                                " channels but the codebook has " + std::to_string(channels_));
+  PIXDISC_RUN_DISPATCH(run_u8_t, x, layout, index, out);
+}
+
+#undef PIXDISC_RUN_DISPATCH
+
+}  // namespace pixdisc

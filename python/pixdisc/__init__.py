@@ -1,0 +1,30 @@
+"""pixdisc: pixel discretization as an adversarial-robustness defense."""
+
+from ._backend import build_info, cuda_available, get_num_threads, set_num_threads
+from .codebook import (
+    Codebook,
+    DensityCodebook,
+    KMeansCodebook,
+    KMedoidsCodebook,
+    NotFittedError,
+    UniformCodebook,
+    load_codebook,
+)
+from .pixels import pixel_histogram
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Codebook",
+    "DensityCodebook",
+    "KMedoidsCodebook",
+    "KMeansCodebook",
+    "UniformCodebook",
+    "NotFittedError",
+    "load_codebook",
+    "pixel_histogram",
+    "cuda_available",
+    "set_num_threads",
+    "get_num_threads",
+    "build_info",
+]

@@ -1,0 +1,440 @@
+"""Codebooks of pixel values: learn them from data, discretize with them, save and load them."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import numpy as np
+
+from . import _backend
+from .pixels import PixelView, as_pixels, pixel_histogram
+
+__all__ = [
+    "Codebook",
+    "DensityCodebook",
+    "KMedoidsCodebook",
+    "KMeansCodebook",
+    "UniformCodebook",
+    "NotFittedError",
+    "load_codebook",
+    "METRICS",
+    "KERNELS",
+]
+
+METRICS = ("linf", "l1", "l2")
+KERNELS = ("identity", "box", "gaussian")
+FORMAT_VERSION = 1
+MAX_CODES = 65536
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A codebook was used before ``fit`` gave it codes."""
+
+
+def _metric_id(metric: str) -> int:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    return METRICS.index(metric)
+
+
+def _check_codes(codes: Any) -> np.ndarray:
+    arr = np.asarray(codes)
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"codes must be numeric, got dtype {arr.dtype}")
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / np.float32(255)
+    arr = np.array(arr, dtype=np.float32, copy=True)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] == 0 or not 1 <= arr.shape[1] <= 4:
+        raise ValueError(f"codes must be a non-empty (k, C) array with 1 <= C <= 4, got shape {arr.shape}")
+    if arr.shape[0] > MAX_CODES:
+        raise ValueError(f"at most {MAX_CODES} codes are supported, got {arr.shape[0]}")
+    if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
+        raise ValueError("codes must be finite values in [0, 1]")
+    return np.ascontiguousarray(arr)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class Codebook:
+    """A set of codes (``codes_``, float32 ``(k, C)`` in [0, 1]) and a metric.
+
+    ``assign`` maps every pixel to the index of its nearest code and
+    ``transform`` replaces it by that code (ties go to the lowest index). Both
+    accept NumPy arrays and torch tensors (CPU, or CUDA when available) and
+    return the same kind on the same device. The channel axis defaults to the
+    last axis for NumPy and axis 1 for torch; a one-channel codebook accepts
+    any shape. uint8 input (meaning v/255) gives uint8 output with the codes
+    rounded to the nearest k/255.
+    """
+
+    def __init__(self, codes: Any, metric: str = "linf") -> None:
+        _metric_id(metric)
+        self.metric = metric
+        self.codes_ = _check_codes(codes)
+        self._index = None
+        self._device_codes: Dict[Any, Any] = {}
+
+    # -- fitted state -------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return getattr(self, "codes_", None) is not None
+
+    def _require_fitted(self) -> np.ndarray:
+        if not self.is_fitted:
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
+        return self.codes_
+
+    @property
+    def n_codes(self) -> int:
+        return int(self._require_fitted().shape[0])
+
+    @property
+    def n_channels(self) -> int:
+        return int(self._require_fitted().shape[1])
+
+    def _set_codes(self, codes: np.ndarray) -> None:
+        self.codes_ = _check_codes(codes)
+        self._index = None
+        self._device_codes = {}
+
+    def _nearest_index(self) -> Any:
+        if self._index is None:
+            self._index = _backend._core.NearestIndex(self._require_fitted(), _metric_id(self.metric))
+        return self._index
+
+    # -- discretization -----------------------------------------------------
+    def assign(self, x: Any, channel_axis: Optional[int] = None) -> Any:
+        """Index of the nearest code for every pixel (int32; the channel axis removed)."""
+        view = as_pixels(x, channel_axis, channels=self.n_channels)
+        if view.is_cuda:
+            return self._cuda_run(view, want_values=False)[1]
+        index = self._nearest_index().assign(view.data.reshape(-1), view.outer, view.channels, view.inner)
+        return view.wrap(index.reshape(view.index_shape))
+
+    def transform(self, x: Any, channel_axis: Optional[int] = None) -> Any:
+        """``x`` with every pixel replaced by its nearest code (same shape and dtype)."""
+        view = as_pixels(x, channel_axis, channels=self.n_channels)
+        if view.is_cuda:
+            return self._cuda_run(view, want_values=True)[0]
+        out = self._nearest_index().transform(view.data.reshape(-1), view.outer, view.channels, view.inner)
+        return view.wrap(out.reshape(view.shape))
+
+    def fit_transform(self, X: Any, channel_axis: Optional[int] = None, **kw: Any) -> Any:
+        return self.fit(X, channel_axis=channel_axis, **kw).transform(X, channel_axis=channel_axis)
+
+    def _cuda_run(self, view: PixelView, want_values: bool) -> Tuple[Any, Any]:
+        import torch
+
+        cuda = _backend.require_cuda()
+        device = view.device
+        if device not in self._device_codes:
+            codes = torch.from_numpy(self._require_fitted()).to(device)
+            codes_u8 = torch.from_numpy(np.rint(self.codes_ * 255).astype(np.uint8)).to(device)
+            self._device_codes[device] = (codes, codes_u8)
+        codes, codes_u8 = self._device_codes[device]
+        data = view.data
+        index = torch.empty(view.index_shape, dtype=torch.int32, device=device)
+        out = torch.empty_like(data) if want_values else None
+        table = codes_u8 if data.dtype == torch.uint8 else codes
+        stream = torch.cuda.current_stream(device).cuda_stream
+        cuda.nearest(
+            data.data_ptr(),
+            int(data.dtype == torch.uint8),
+            view.outer,
+            view.channels,
+            view.inner,
+            codes.data_ptr(),
+            table.data_ptr(),
+            self.n_codes,
+            _metric_id(self.metric),
+            index.data_ptr(),
+            out.data_ptr() if out is not None else 0,
+            stream,
+            device.index or 0,
+        )
+        return out, index
+
+    # -- persistence ----------------------------------------------------------
+    def get_params(self) -> Dict[str, Any]:
+        return {"metric": self.metric}
+
+    def save(self, path: Union[str, os.PathLike]) -> Path:
+        """Write a versioned ``.npz`` (no pickles) atomically; returns the path."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
+        extra = {k: v for k, v in self.__dict__.items() if k.endswith("_") and k != "codes_"}
+        meta = {
+            "kind": type(self).__name__,
+            "params": self.get_params(),
+            "fitted": {k: _jsonable(v) for k, v in extra.items()},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(
+                    f,
+                    format_version=np.int64(FORMAT_VERSION),
+                    codes=self._require_fitted(),
+                    metric=np.str_(self.metric),
+                    meta=np.str_(json.dumps(meta)),
+                )
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        fitted = f", n_codes={self.n_codes}" if self.is_fitted else ""
+        return f"{type(self).__name__}({params}{fitted})"
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+class _FittableCodebook(Codebook):
+    """Base for codebooks learned from data (``codes_`` appears after ``fit``)."""
+
+    def __init__(self, metric: str) -> None:
+        _metric_id(metric)
+        self.metric = metric
+        self.codes_ = None
+        self._index = None
+        self._device_codes = {}
+
+    def _histogram(self, X: Any, channel_axis: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
+        view = as_pixels(X, channel_axis)
+        if view.n_pixels == 0:
+            raise ValueError("cannot fit a codebook on empty data")
+        return pixel_histogram(X, channel_axis)
+
+
+class DensityCodebook(_FittableCodebook):
+    """Algorithm 1 of the paper: greedy selection of the densest pixel values.
+
+    Repeat ``k`` times: take the remaining pixel value of highest density as
+    the next code, then remove every remaining pixel within ``r`` of it. Stops
+    early (``stopped_early_``) when no pixel remains. Kernels: ``identity``
+    (density = count of that exact value, the paper's), ``box`` (pixels within
+    ``bandwidth``), ``gaussian`` (weights ``exp(-d^2 / (2 bandwidth^2))``,
+    truncated at 4 bandwidths). Density ties go to the smallest value.
+    """
+
+    def __init__(
+        self,
+        k: int,
+        r: float,
+        metric: str = "linf",
+        kernel: str = "identity",
+        bandwidth: Optional[float] = None,
+    ) -> None:
+        super().__init__(metric)
+        self.k = _positive_int("k", k)
+        if not np.isfinite(r) or r < 0:
+            raise ValueError(f"r must be a finite number >= 0, got {r!r}")
+        self.r = float(r)
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if kernel != "identity" and (bandwidth is None or not np.isfinite(bandwidth) or bandwidth <= 0):
+            raise ValueError(f"kernel={kernel!r} needs a bandwidth > 0 (h for box, sigma for gaussian)")
+        self.kernel = kernel
+        self.bandwidth = None if bandwidth is None else float(bandwidth)
+
+    def get_params(self) -> Dict[str, Any]:
+        return {"k": self.k, "r": self.r, "metric": self.metric, "kernel": self.kernel, "bandwidth": self.bandwidth}
+
+    def fit(self, X: Any, channel_axis: Optional[int] = None) -> "DensityCodebook":
+        values, counts = self._histogram(X, channel_axis)
+        res = _backend._core.density_codebook(
+            values, counts, self.k, self.r, _metric_id(self.metric), KERNELS.index(self.kernel),
+            float(self.bandwidth or 0.0),
+        )
+        self._set_codes(res["codes"])
+        self.n_codes_ = int(res["codes"].shape[0])
+        self.stopped_early_ = bool(res["stopped_early"])
+        self.densities_ = res["densities"]
+        self.coverage_ = res["covered"]
+        self.n_pixels_ = int(counts.sum())
+        self.n_distinct_ = int(counts.shape[0])
+        return self
+
+
+class KMedoidsCodebook(_FittableCodebook):
+    """Algorithm 2 of the paper: k-medoids (PAM swaps) on the weighted distinct values.
+
+    Minimises the summed distance (``metric``, default ``l1``) from every pixel
+    to its nearest medoid, exactly, over the distinct values weighted by their
+    counts, from a start seeded by ``random_state``. The swap search is
+    quadratic in the number of distinct values, so more than ``max_values``
+    of them is refused (subsample the data, or raise the limit).
+    """
+
+    def __init__(self, k: int, metric: str = "l1", random_state: Optional[int] = None,
+                 max_iter: int = 100, max_values: int = 50_000) -> None:
+        super().__init__(metric)
+        self.k = _positive_int("k", k)
+        self.random_state = random_state
+        self.max_iter = _positive_int("max_iter", max_iter)
+        self.max_values = _positive_int("max_values", max_values)
+
+    def get_params(self) -> Dict[str, Any]:
+        return {"k": self.k, "metric": self.metric, "random_state": self.random_state,
+                "max_iter": self.max_iter, "max_values": self.max_values}
+
+    def fit(self, X: Any, channel_axis: Optional[int] = None) -> "KMedoidsCodebook":
+        values, counts = self._histogram(X, channel_axis)
+        if values.shape[0] > self.max_values:
+            raise ValueError(
+                f"k-medoids on {values.shape[0]} distinct pixel values would take too long "
+                f"(max_values={self.max_values}); subsample the data or raise max_values"
+            )
+        res = _backend._core.kmedoids_codebook(values, counts, self.k, _metric_id(self.metric),
+                                               _seed(self.random_state), self.max_iter)
+        self._set_codes(res["codes"])
+        self.n_codes_ = int(res["codes"].shape[0])
+        self.cost_ = float(res["cost"]) / float(counts.sum())
+        self.n_swaps_ = int(res["iterations"])
+        self.converged_ = bool(res["converged"])
+        return self
+
+
+class KMeansCodebook(_FittableCodebook):
+    """Weighted k-means (Lloyd from a k-means++ start) on the distinct pixel values.
+
+    The paper reports it as worse than the density and k-medoids codebooks;
+    it is kept for comparison. Codes are centroids, so they need not be
+    pixel values of the data. ``metric`` only affects how the codes are used.
+    """
+
+    def __init__(self, k: int, random_state: Optional[int] = None, max_iter: int = 300,
+                 tol: float = 1e-6, metric: str = "linf") -> None:
+        super().__init__(metric)
+        self.k = _positive_int("k", k)
+        self.random_state = random_state
+        self.max_iter = _positive_int("max_iter", max_iter)
+        self.tol = float(tol)
+
+    def get_params(self) -> Dict[str, Any]:
+        return {"k": self.k, "random_state": self.random_state, "max_iter": self.max_iter,
+                "tol": self.tol, "metric": self.metric}
+
+    def fit(self, X: Any, channel_axis: Optional[int] = None) -> "KMeansCodebook":
+        values, counts = self._histogram(X, channel_axis)
+        res = _backend._core.kmeans_codebook(values, counts, self.k, _seed(self.random_state),
+                                             self.max_iter, self.tol)
+        self._set_codes(res["codes"])
+        self.n_codes_ = int(res["codes"].shape[0])
+        self.inertia_ = float(res["cost"]) / float(counts.sum())
+        self.n_iter_ = int(res["iterations"])
+        self.converged_ = bool(res["converged"])
+        return self
+
+
+class UniformCodebook(_FittableCodebook):
+    """Colour-depth reduction (Xu et al.): ``k`` evenly spaced levels per channel.
+
+    Codes are every combination of the levels ``c_t = (t-1)/(k-1)``, in
+    lexicographic order. The default metric is ``l2``: with it the nearest code
+    is per-channel rounding (what colour-depth reduction means), whereas
+    ``linf`` ties on whole slabs of the grid for RGB data.
+    """
+
+    def __init__(self, k: int, metric: str = "l2", channels: Optional[int] = None) -> None:
+        super().__init__(metric)
+        self.k = _positive_int("k", k)
+        if self.k < 2:
+            raise ValueError("a uniform codebook needs k >= 2 levels")
+        self.channels = channels
+        if channels is not None:
+            self._set_codes(self._grid(channels))
+
+    def get_params(self) -> Dict[str, Any]:
+        return {"k": self.k, "metric": self.metric, "channels": self.channels}
+
+    def _grid(self, channels: int) -> np.ndarray:
+        if not 1 <= channels <= 4:
+            raise ValueError(f"channels must be 1 to 4, got {channels}")
+        if self.k ** channels > MAX_CODES:
+            raise ValueError(f"{self.k} levels on {channels} channels is {self.k ** channels} codes (max {MAX_CODES})")
+        levels = np.arange(self.k, dtype=np.float64) / (self.k - 1)
+        return np.array(list(itertools.product(levels, repeat=channels)), dtype=np.float32)
+
+    def fit(self, X: Any = None, channel_axis: Optional[int] = None) -> "UniformCodebook":
+        channels = self.channels or 1
+        if X is not None:
+            channels = as_pixels(X, channel_axis).channels
+        self._set_codes(self._grid(channels))
+        self.n_codes_ = self.n_codes
+        return self
+
+
+def _seed(random_state: Optional[int]) -> int:
+    if random_state is None:
+        return int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0])
+    if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)) or random_state < 0:
+        raise ValueError(f"random_state must be a non-negative integer or None, got {random_state!r}")
+    return int(random_state)
+
+
+_KINDS = {
+    "Codebook": Codebook,
+    "DensityCodebook": DensityCodebook,
+    "KMedoidsCodebook": KMedoidsCodebook,
+    "KMeansCodebook": KMeansCodebook,
+    "UniformCodebook": UniformCodebook,
+}
+
+
+def load_codebook(path: Union[str, os.PathLike]) -> Codebook:
+    """Load a codebook written by :meth:`Codebook.save` (``.npz``), or bare codes (``.npy``, ``(k, C)``).
+
+    Files are read with ``allow_pickle=False``; anything malformed raises a
+    ``ValueError`` that names the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no codebook file at {path}")
+    try:
+        if path.suffix == ".npy":
+            return Codebook(np.load(path, allow_pickle=False))
+        with np.load(path, allow_pickle=False) as f:
+            version = int(f["format_version"])
+            if version > FORMAT_VERSION:
+                raise ValueError(f"format version {version} is newer than this pixdisc supports ({FORMAT_VERSION})")
+            codes = np.array(f["codes"])
+            metric = str(f["metric"])
+            meta = json.loads(str(f["meta"]))
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a valid pixdisc codebook: {exc}") from exc
+    cls = _KINDS.get(meta.get("kind"), Codebook)
+    if cls is Codebook:
+        return Codebook(codes, metric=metric)
+    params = dict(meta.get("params", {}))
+    try:
+        book = cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: invalid codebook parameters {params}: {exc}") from exc
+    book._set_codes(codes)
+    for key, value in meta.get("fitted", {}).items():
+        setattr(book, key, np.asarray(value) if isinstance(value, list) else value)
+    return book
