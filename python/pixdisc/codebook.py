@@ -150,7 +150,7 @@ class Codebook:
         stream = torch.cuda.current_stream(device).cuda_stream
         cuda.nearest(
             data.data_ptr(),
-            int(data.dtype == torch.uint8),
+            data.dtype == torch.uint8,
             view.outer,
             view.channels,
             view.inner,

@@ -1,0 +1,36 @@
+// pybind11 bindings for pixdisc._cuda: device pointers arrive as integers
+// (torch's data_ptr()); the tensors stay owned by Python for the whole call.
+#include <pybind11/pybind11.h>
+
+#include "launch.hpp"
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "pixdisc CUDA kernels (private; used through pixdisc with CUDA torch tensors)";
+  m.def("device_count", &pixdisc::cuda::device_count);
+  m.def("build_info", [] {
+    return py::dict("runtime"_a = pixdisc::cuda::runtime_version(), "architectures"_a = PIXDISC_CUDA_ARCHS);
+  });
+  m.def(
+      "nearest",
+      [](uintptr_t x, bool x_is_u8, int64_t outer, int channels, int64_t inner, uintptr_t codes,
+         uintptr_t value_table, int k, int metric, uintptr_t index, uintptr_t out, uintptr_t stream, int device) {
+        py::gil_scoped_release release;
+        pixdisc::cuda::nearest(reinterpret_cast<const void*>(x), x_is_u8, outer, channels, inner,
+                               reinterpret_cast<const float*>(codes), reinterpret_cast<const void*>(value_table), k,
+                               metric, reinterpret_cast<int32_t*>(index), reinterpret_cast<void*>(out), stream,
+                               device);
+      },
+      "x"_a, "x_is_u8"_a, "outer"_a, "channels"_a, "inner"_a, "codes"_a, "value_table"_a, "k"_a, "metric"_a,
+      "index"_a, "out"_a, "stream"_a, "device"_a);
+  m.def(
+      "histogram_u8",
+      [](uintptr_t x, int64_t outer, int channels, int64_t inner, uintptr_t table, uintptr_t stream, int device) {
+        py::gil_scoped_release release;
+        pixdisc::cuda::histogram_u8(reinterpret_cast<const uint8_t*>(x), outer, channels, inner,
+                                    reinterpret_cast<int64_t*>(table), stream, device);
+      },
+      "x"_a, "outer"_a, "channels"_a, "inner"_a, "table"_a, "stream"_a, "device"_a);
+}
