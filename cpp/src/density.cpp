@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
@@ -28,41 +29,60 @@ double value_distance(Metric metric, const float* a, const float* b, int channel
   return acc;  // squared for l2
 }
 
-// Buckets of the values that are still "remaining", by grid cell.
+// The values that are still "remaining", bucketed by grid cell in CSR form:
+// cell c owns slots [begin[c], begin[c] + active[c]) of `members`, and a
+// removal swaps the value with the cell's last active one, so scans only
+// ever touch remaining values.
 class ValueGrid {
  public:
   ValueGrid(const float* values, int64_t n, int channels, double reach)
       : values_(values), channels_(channels) {
-    const int max_cells[] = {0, 1 << 14, 1 << 8, 64, 16};
-    const double per_axis = reach > 0 ? std::floor(1.0 / reach) : double(max_cells[channels]);
+    // Cells of about half the reach: a query box then spans ~5 cells per axis
+    // and wastes little volume; capped so the cell arrays stay small.
+    const int max_cells[] = {0, 1 << 16, 1 << 10, 128, 24};
+    const double per_axis = reach > 0 ? std::floor(2.0 / reach) : double(max_cells[channels]);
     cells_per_axis_ = static_cast<int>(std::clamp(per_axis, 1.0, double(max_cells[channels])));
     int64_t cells = 1;
     for (int c = 0; c < channels; ++c) cells *= cells_per_axis_;
-    buckets_.resize(cells);
-    slot_.resize(n);
+    begin_.assign(cells + 1, 0);
+    active_.assign(cells, 0);
+    std::vector<int32_t> cell(n);
     for (int64_t i = 0; i < n; ++i) {
-      auto& b = buckets_[cell_of(values + i * channels)];
-      slot_[i] = static_cast<int32_t>(b.size());
-      b.push_back(static_cast<int32_t>(i));
+      cell[i] = static_cast<int32_t>(cell_of(values + i * channels));
+      ++active_[cell[i]];
+    }
+    for (int64_t c = 0; c < cells; ++c) begin_[c + 1] = begin_[c] + active_[c];
+    members_.resize(n);
+    slot_.resize(n);
+    std::vector<int64_t> fill(begin_.begin(), begin_.end() - 1);
+    for (int64_t i = 0; i < n; ++i) {  // ascending i: each cell's slots start sorted
+      slot_[i] = fill[cell[i]]++;
+      members_[slot_[i]] = static_cast<int32_t>(i);
     }
   }
 
   void remove(int32_t i) {
-    auto& b = buckets_[cell_of(values_ + int64_t(i) * channels_)];
-    const int32_t last = b.back();
-    b[slot_[i]] = last;
+    const int64_t c = cell_of(values_ + int64_t(i) * channels_);
+    const int64_t last_slot = begin_[c] + --active_[c];
+    const int32_t last = members_[last_slot];
+    members_[slot_[i]] = last;
     slot_[last] = slot_[i];
-    b.pop_back();
+    members_[last_slot] = i;
+    slot_[i] = last_slot;
   }
 
   // Calls fn(j) for every remaining value j in the cells that can hold values
-  // within `radius` of point (one extra cell each side absorbs rounding).
+  // within `radius` of point in any metric (their l_inf box). A value's cell
+  // is floor(v * G) computed exactly in double; the 1e-9 margin covers the
+  // rounding of point +- radius. fn must not remove values during the scan.
   template <typename Fn>
   void for_each_near(const float* point, double radius, Fn&& fn) const {
     int lo[kMaxChannels], hi[kMaxChannels], cur[kMaxChannels];
     for (int c = 0; c < channels_; ++c) {
-      lo[c] = std::max(0, static_cast<int>(std::floor((point[c] - radius) * cells_per_axis_)) - 1);
-      hi[c] = std::min(cells_per_axis_ - 1, static_cast<int>(std::floor((point[c] + radius) * cells_per_axis_)) + 1);
+      const double from = std::floor((double(point[c]) - radius) * cells_per_axis_ - 1e-9);
+      const double to = std::floor((double(point[c]) + radius) * cells_per_axis_ + 1e-9);
+      lo[c] = static_cast<int>(std::clamp(from, 0.0, double(cells_per_axis_ - 1)));
+      hi[c] = static_cast<int>(std::clamp(to, 0.0, double(cells_per_axis_ - 1)));
       cur[c] = lo[c];
     }
     while (true) {
@@ -71,7 +91,8 @@ class ValueGrid {
         cell += cur[c] * scale;
         scale *= cells_per_axis_;
       }
-      for (int32_t j : buckets_[cell]) fn(j);
+      const int64_t stop = begin_[cell] + active_[cell];
+      for (int64_t s = begin_[cell]; s < stop; ++s) fn(members_[s]);
       // Odometer step over the cell box.
       int c = 0;
       while (c < channels_ && cur[c] == hi[c]) {
@@ -87,14 +108,15 @@ class ValueGrid {
   const float* values_;
   int channels_;
   int cells_per_axis_ = 1;
-  std::vector<std::vector<int32_t>> buckets_;
-  std::vector<int32_t> slot_;  // position of each value inside its bucket
+  std::vector<int64_t> begin_;
+  std::vector<int64_t> active_;
+  std::vector<int32_t> members_;
+  std::vector<int64_t> slot_;  // position of each value inside members_
 
   int64_t cell_of(const float* v) const {
     int64_t cell = 0, scale = 1;
     for (int c = 0; c < channels_; ++c) {
-      int g = static_cast<int>(double(v[c]) * cells_per_axis_);
-      g = std::clamp(g, 0, cells_per_axis_ - 1);
+      const int g = std::clamp(static_cast<int>(std::floor(double(v[c]) * cells_per_axis_)), 0, cells_per_axis_ - 1);
       cell += g * scale;
       scale *= cells_per_axis_;
     }
@@ -144,6 +166,42 @@ void check_sorted_distinct(const float* values, int64_t n, int channels) {
   }
 }
 
+// With the identity kernel densities never change, so the next code is the
+// first value not yet removed in the fixed order (count desc, index asc).
+// Only the head of that order is ever needed: sort it in blocks on demand.
+class CountOrder {
+ public:
+  CountOrder(const int64_t* weights, int64_t n) : weights_(weights), order_(n) {
+    for (int64_t i = 0; i < n; ++i) order_[i] = static_cast<int32_t>(i);
+  }
+  // Next value in the order for which removed[] is false, or -1.
+  int64_t next(const std::vector<char>& removed) {
+    while (true) {
+      if (pos_ == sorted_end_ && !extend()) return -1;
+      const int32_t i = order_[pos_++];
+      if (!removed[i]) return i;
+    }
+  }
+
+ private:
+  const int64_t* weights_;
+  std::vector<int32_t> order_;
+  int64_t pos_ = 0, sorted_end_ = 0, block_ = 4096;
+
+  bool extend() {
+    const int64_t n = static_cast<int64_t>(order_.size());
+    if (sorted_end_ == n) return false;
+    const int64_t end = std::min(n, sorted_end_ + block_);
+    auto before = [&](int32_t a, int32_t b) {
+      return weights_[a] != weights_[b] ? weights_[a] > weights_[b] : a < b;
+    };
+    std::partial_sort(order_.begin() + sorted_end_, order_.begin() + end, order_.end(), before);
+    sorted_end_ = end;
+    block_ *= 2;  // geometric blocks keep the total cost O(n log n) at worst
+    return true;
+  }
+};
+
 }  // namespace
 
 DensityResult density_codebook(const float* values, const int64_t* weights, int64_t n, int channels,
@@ -185,13 +243,17 @@ DensityResult density_codebook(const float* values, const int64_t* weights, int6
       }
     });
   }
-  ArgmaxTree tree(density);
+  const bool static_density = kernel == Kernel::identity;
+  std::unique_ptr<ArgmaxTree> tree;
+  std::unique_ptr<CountOrder> order;
+  if (static_density) order = std::make_unique<CountOrder>(weights, n);
+  else tree = std::make_unique<ArgmaxTree>(density);
   std::vector<char> removed(n, 0);
   std::vector<int32_t> round_removed;
 
   DensityResult result;
   for (int t = 0; t < k; ++t) {
-    const int64_t best = tree.best();
+    const int64_t best = static_density ? order->next(removed) : tree->best();
     if (best < 0) {
       result.stopped_early = true;
       break;
@@ -209,10 +271,10 @@ DensityResult density_codebook(const float* values, const int64_t* weights, int6
       removed[j] = 1;
       covered += weights[j];
       grid.remove(j);
-      tree.erase(j);
+      if (tree) tree->erase(j);
     }
     result.covered.push_back(covered);
-    if (kernel == Kernel::identity) continue;
+    if (static_density) continue;
     // Removed pixels no longer count towards their neighbours' densities.
     for (int32_t q : round_removed) {
       const float* qv = values + int64_t(q) * channels;
@@ -220,7 +282,7 @@ DensityResult density_codebook(const float* values, const int64_t* weights, int6
         const double w = kernel_weight(value_distance(metric, qv, values + int64_t(p) * channels, channels));
         if (w > 0.0) {
           density[p] -= w * double(weights[q]);
-          tree.refresh(p);
+          tree->refresh(p);
         }
       });
     }

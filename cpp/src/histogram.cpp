@@ -138,6 +138,94 @@ bool dense_histogram(const Source& src, PixelLayout layout, Histogram& result) {
   return true;
 }
 
+// Three channels: a 2^24 table per worker is a cache and TLB miss per pixel,
+// so instead partition the 24-bit keys by their top byte (a streaming
+// scatter of the low 16 bits) and count each partition in a 2^16 table that
+// stays in L2. Returns false when a float source met a value off the grid.
+template <typename Source>
+bool radix_histogram3(const Source& src, PixelLayout layout, Histogram& result) {
+  constexpr int kBuckets = 256;
+  const int64_t n = layout.pixels(), inner = layout.inner;
+  const int workers = planned_workers(n, 1 << 18);
+  std::vector<std::array<int64_t, kBuckets>> start(workers);
+  std::vector<char> off_grid(workers, 0);
+  auto for_each_key = [&](int64_t begin, int64_t end, int w, auto&& fn) {
+    int64_t o = begin / inner, i = begin % inner;
+    for (int64_t p = begin; p < end; ++p) {
+      uint32_t key;
+      if (!src.key(o * 3 * inner + i, inner, 3, key)) {
+        off_grid[w] = 1;
+        return;
+      }
+      fn(key);
+      if (++i == inner) { i = 0; ++o; }
+    }
+  };
+  parallel_for(n, 1 << 18, [&](int64_t begin, int64_t end, int w) {
+    start[w].fill(0);
+    for_each_key(begin, end, w, [&](uint32_t key) { ++start[w][key >> 16]; });
+  });
+  if (std::any_of(off_grid.begin(), off_grid.end(), [](char f) { return f != 0; })) return false;
+  // Bucket-major offsets: bucket b holds worker 0's keys, then worker 1's, ...
+  std::array<int64_t, kBuckets + 1> bucket_begin{};
+  int64_t pos = 0;
+  for (int b = 0; b < kBuckets; ++b) {
+    bucket_begin[b] = pos;
+    for (int w = 0; w < workers; ++w) {
+      const int64_t c = start[w][b];
+      start[w][b] = pos;
+      pos += c;
+    }
+  }
+  bucket_begin[kBuckets] = pos;
+  std::vector<uint16_t> low(n);
+  parallel_for(n, 1 << 18, [&](int64_t begin, int64_t end, int w) {
+    auto& cursor = start[w];
+    for_each_key(begin, end, w, [&](uint32_t key) { low[cursor[key >> 16]++] = static_cast<uint16_t>(key); });
+  });
+  std::vector<std::vector<uint32_t>> bucket_keys(kBuckets);
+  std::vector<std::vector<int64_t>> bucket_counts(kBuckets);
+  parallel_for(kBuckets, 1, [&](int64_t b_begin, int64_t b_end, int) {
+    std::vector<uint32_t> table(1 << 16);
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      std::fill(table.begin(), table.end(), 0u);
+      for (int64_t p = bucket_begin[b]; p < bucket_begin[b + 1]; ++p) ++table[low[p]];
+      for (uint32_t v = 0; v < (1u << 16); ++v) {
+        if (!table[v]) continue;
+        bucket_keys[b].push_back(static_cast<uint32_t>(b << 16) | v);
+        bucket_counts[b].push_back(table[v]);
+      }
+    }
+  });
+  // A bucket holds < 2^32 pixels per 16-bit key only if n < 2^32; guard it.
+  if (n >= (int64_t(1) << 32)) throw std::runtime_error("too many pixels for one histogram call (2^32)");
+  int64_t distinct = 0;
+  std::array<int64_t, kBuckets + 1> out_begin{};
+  for (int b = 0; b < kBuckets; ++b) {
+    out_begin[b] = distinct;
+    distinct += static_cast<int64_t>(bucket_keys[b].size());
+  }
+  Histogram h;
+  h.channels = 3;
+  h.on_u8_grid = true;
+  h.values.resize(distinct * 3);
+  h.counts.resize(distinct);
+  parallel_for(kBuckets, 1, [&](int64_t b_begin, int64_t b_end, int) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      int64_t out = out_begin[b];
+      for (size_t e = 0; e < bucket_keys[b].size(); ++e, ++out) {
+        const uint32_t key = bucket_keys[b][e];
+        h.values[out * 3 + 0] = u8_to_unit(static_cast<uint8_t>(key >> 16));
+        h.values[out * 3 + 1] = u8_to_unit(static_cast<uint8_t>(key >> 8));
+        h.values[out * 3 + 2] = u8_to_unit(static_cast<uint8_t>(key));
+        h.counts[out] = bucket_counts[b][e];
+      }
+    }
+  });
+  result = std::move(h);
+  return true;
+}
+
 // Sort-based counting for arbitrary floats or 4-channel data.
 template <int C>
 Histogram sorted_histogram_t(const float* x, PixelLayout layout) {
@@ -227,7 +315,8 @@ Histogram histogram_u8(const uint8_t* x, PixelLayout layout) {
   }
   if (layout.channels <= 3) {
     Histogram h;
-    dense_histogram(U8Source{x}, layout, h);
+    if (layout.channels == 3) radix_histogram3(U8Source{x}, layout, h);
+    else dense_histogram(U8Source{x}, layout, h);
     return h;
   }
   // Four 8-bit channels: convert to floats on the grid and sort.
@@ -266,7 +355,8 @@ Histogram histogram_float(const float* x, PixelLayout layout) {
           for (int v = 0; v < 256; ++v) total[v] += c[v];
         return from_gray_counts(total);
       }
-    } else if (dense_histogram(FloatGridSource{x}, layout, h)) {
+    } else if (layout.channels == 3 ? radix_histogram3(FloatGridSource{x}, layout, h)
+                                     : dense_histogram(FloatGridSource{x}, layout, h)) {
       return h;
     }
   }

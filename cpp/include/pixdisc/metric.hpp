@@ -6,14 +6,16 @@
 // --fmad=false) and a NumPy reference produce bit-identical floats.
 #pragma once
 
+#include <math.h>
+
 #include "pixdisc/common.hpp"
 
 namespace pixdisc {
 
-template <typename T>
-PIXDISC_HD T abs_diff(T a, T b) {
-  return a > b ? a - b : b - a;
-}
+// |a - b| without a branch: round-to-nearest is symmetric, so fabs(a - b)
+// is bit-identical to whichever of a - b and b - a is non-negative.
+PIXDISC_HD float abs_diff(float a, float b) { return fabsf(a - b); }
+PIXDISC_HD double abs_diff(double a, double b) { return fabs(a - b); }
 
 // Distance between two C-channel pixels, a read with stride `a_stride`.
 template <Metric M, int C, typename T>
@@ -22,7 +24,7 @@ PIXDISC_HD T pixel_distance(const T* a, long long a_stride, const T* b) {
   for (int c = 0; c < C; ++c) {
     const T d = abs_diff(a[c * a_stride], b[c]);
     if (M == Metric::linf) {
-      acc = d > acc ? d : acc;
+      acc = d > acc ? d : acc;  // compiles to maxss
     } else if (M == Metric::l1) {
       acc = acc + d;
     } else {
@@ -41,10 +43,9 @@ PIXDISC_HD int nearest_code(const float* x, long long x_stride, const float* cod
   float best_d = pixel_distance<M, C>(x, x_stride, codes);
   for (int j = 1; j < k; ++j) {
     const float d = pixel_distance<M, C>(x, x_stride, codes + j * C);
-    if (d < best_d) {
-      best_d = d;
-      best = j;
-    }
+    const bool closer = d < best_d;  // strict: ties keep the lower index
+    best = closer ? j : best;
+    best_d = closer ? d : best_d;
   }
   return best;
 }
@@ -58,10 +59,9 @@ PIXDISC_HD int nearest_in_list(const float* x, long long x_stride, const float* 
   for (int i = 1; i < n; ++i) {
     const int j = list[i];
     const float d = pixel_distance<M, C>(x, x_stride, codes + j * C);
-    if (d < best_d) {
-      best_d = d;
-      best = j;
-    }
+    const bool closer = d < best_d;  // strict: ties keep the lower index
+    best = closer ? j : best;
+    best_d = closer ? d : best_d;
   }
   return best;
 }

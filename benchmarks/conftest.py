@@ -1,0 +1,37 @@
+"""Benchmark fixtures: data sets of real sizes, built once per session."""
+
+import numpy as np
+import pytest
+
+from synthetic import cifar_like, mnist_like
+
+
+@pytest.fixture(scope="session")
+def mnist_train_pixels():
+    """47M uint8 gray pixels: the size of the MNIST training set."""
+    return mnist_like(60_000)
+
+
+@pytest.fixture(scope="session")
+def cifar_train_images():
+    """51M uint8 RGB pixels: the size of the CIFAR-10 training set."""
+    return cifar_like(50_000)
+
+
+@pytest.fixture(scope="session")
+def rgb_float_pixels():
+    """10M float32 RGB pixels."""
+    return np.random.default_rng(1).random((10_000_000, 3), dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def codes_k300(cifar_train_images):
+    import pixdisc
+
+    return pixdisc.DensityCodebook(300, 16 / 255).fit(cifar_train_images[:5000]).codes_
+
+
+def sync_cuda():
+    import torch
+
+    torch.cuda.synchronize()
