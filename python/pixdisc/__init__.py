@@ -14,6 +14,17 @@ from .pixels import pixel_histogram
 
 __version__ = "0.1.0"
 
+# torch is optional: names that need it load on first use (PEP 562).
+_LAZY = {"Discretize": "discretize"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'pixdisc' has no attribute {name!r}")
+
 __all__ = [
     "Codebook",
     "DensityCodebook",
@@ -27,4 +38,5 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "build_info",
+    "Discretize",
 ]

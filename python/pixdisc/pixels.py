@@ -109,7 +109,8 @@ def as_pixels(x: Any, channel_axis: Optional[int] = None, channels: Optional[int
     ``channel_axis`` defaults to the last axis for NumPy and axis 1 for torch.
     With ``channels=None`` (fitting) the channel count is inferred: a channel
     axis of size 1 or 3 gives C, anything else means one-channel data in which
-    every element is a pixel. With ``channels=1`` any shape is accepted; with
+    every element is a pixel (always so for 1-D arrays). With ``channels=1``
+    any shape is accepted; with
     ``channels > 1`` the channel axis must have exactly that size.
     """
     data, torch_input, device = _normalize(x)
@@ -124,7 +125,8 @@ def as_pixels(x: Any, channel_axis: Optional[int] = None, channels: Optional[int
         axis = int(channel_axis) % ndim
     size_on_axis = shape[axis] if axis is not None else 1
     if channels is None:
-        channels = size_on_axis if size_on_axis in (1, 3) and axis is not None else 1
+        # A 1-D array is a list of gray pixels: it has no axis to spare for channels.
+        channels = size_on_axis if size_on_axis in (1, 3) and ndim >= 2 else 1
     if channels == 1:
         total = int(np.prod(shape)) if shape else 1
         return PixelView(data, shape, None, total, 1, 1, torch_input, device)
