@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from . import _backend
-from .pixels import PixelView, as_pixels, pixel_histogram
+from .pixels import PixelView, as_pixels, histogram_of
 
 __all__ = [
     "Codebook",
@@ -226,7 +226,7 @@ class _FittableCodebook(Codebook):
         view = as_pixels(X, channel_axis)
         if view.n_pixels == 0:
             raise ValueError("cannot fit a codebook on empty data")
-        return pixel_histogram(X, channel_axis)
+        return histogram_of(view)
 
 
 class DensityCodebook(_FittableCodebook):

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _backend
 
-__all__ = ["PixelView", "as_pixels", "pixel_histogram", "is_torch_tensor"]
+__all__ = ["PixelView", "as_pixels", "pixel_histogram", "histogram_of", "is_torch_tensor"]
 
 _FLOAT_KINDS = ("float16", "float32", "float64", "bfloat16")
 
@@ -150,16 +150,15 @@ def pixel_histogram(x: Any, channel_axis: Optional[int] = None) -> Tuple[np.ndar
     float data exactly on the 1/255 grid, is counted in dense tables; other
     floats are sorted. Float values must lie in [0, 1].
     """
-    view = as_pixels(x, channel_axis)
+    return histogram_of(as_pixels(x, channel_axis))
+
+
+def histogram_of(view: PixelView) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`pixel_histogram` of an already validated view."""
     if view.is_cuda:
-        values, counts = _histogram_cuda(view)
-        return values, counts
-    values, counts, _ = _core_histogram(view)
+        return _histogram_cuda(view)
+    values, counts, _ = _backend._core.histogram(view.data.reshape(-1), view.outer, view.channels, view.inner)
     return values, counts
-
-
-def _core_histogram(view: PixelView) -> Tuple[np.ndarray, np.ndarray, bool]:
-    return _backend._core.histogram(view.data.reshape(-1), view.outer, view.channels, view.inner)
 
 
 def _histogram_cuda(view: PixelView) -> Tuple[np.ndarray, np.ndarray]:
