@@ -1,0 +1,400 @@
+"""Classifier architectures for pixdisc experiments, with safe save/load and batched prediction."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = [
+    "MODELS",
+    "MLP",
+    "MadryMNIST",
+    "PreActResNet",
+    "SmallCNN",
+    "build_model",
+    "cifar_resnet",
+    "load_model",
+    "predict",
+    "save_model",
+]
+
+# Bumped when the on-disk layout changes; load_model refuses newer files.
+MODEL_FILE_FORMAT = "pixdisc-model"
+MODEL_FILE_VERSION = 1
+
+
+def _spatial_size(input_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(input_size, int):
+        return input_size, input_size
+    height, width = (int(side) for side in input_size)
+    return height, width
+
+
+class MadryMNIST(nn.Sequential):
+    """The MNIST CNN of Madry et al. (2018): two 5x5 conv/pool stages and a 1024-unit hidden layer.
+
+    A plain ``nn.Sequential`` of Conv2d/ReLU/MaxPool2d/Flatten/Linear, so that
+    bound propagation can walk it layer by layer.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        input_size: int | Sequence[int] = 28,
+    ) -> None:
+        height, width = _spatial_size(input_size)
+        if height % 4 or width % 4:
+            raise ValueError(f"MadryMNIST needs an input size divisible by 4, got {height}x{width}")
+        super().__init__(
+            nn.Conv2d(in_channels, 32, kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * (height // 4) * (width // 4), 1024),
+            nn.ReLU(),
+            nn.Linear(1024, num_classes),
+        )
+
+
+class SmallCNN(nn.Sequential):
+    """A small, fast CNN: two 3x3 conv/pool stages of ``width`` and ``2*width`` channels, then an MLP head.
+
+    Trains to about 97-98% on 4,000 MNIST images in a minute or two on a
+    laptop CPU. Only Conv2d/ReLU/MaxPool2d/Flatten/Linear, in a plain
+    ``nn.Sequential``, so that bound propagation can handle it.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        width: int = 16,
+        hidden: int = 128,
+        input_size: int | Sequence[int] = 28,
+    ) -> None:
+        height, width_pixels = _spatial_size(input_size)
+        if height % 4 or width_pixels % 4:
+            raise ValueError(f"SmallCNN needs an input size divisible by 4, got {height}x{width_pixels}")
+        super().__init__(
+            nn.Conv2d(in_channels, width, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * width * (height // 4) * (width_pixels // 4), hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+
+class MLP(nn.Sequential):
+    """A fully connected ReLU network on flattened images (Flatten, then Linear/ReLU layers)."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        input_size: int | Sequence[int] = 28,
+        hidden: Sequence[int] = (256, 256),
+    ) -> None:
+        height, width = _spatial_size(input_size)
+        layers: list[nn.Module] = [nn.Flatten()]
+        features = in_channels * height * width
+        for units in hidden:
+            layers += [nn.Linear(features, int(units)), nn.ReLU()]
+            features = int(units)
+        layers.append(nn.Linear(features, num_classes))
+        super().__init__(*layers)
+
+
+class _PreActBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016, "Identity Mappings in Deep Residual Networks")."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(x))
+        # The projection shortcut sees the pre-activated input, as in the paper's
+        # full pre-activation variant.
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet(nn.Module):
+    """Pre-activation ResNet for 32x32 images; ``blocks_per_stage=(2, 2, 2, 2)`` is PreAct ResNet-18."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        blocks_per_stage: Sequence[int] = (2, 2, 2, 2),
+        width: int = 64,
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
+        stages: list[nn.Module] = []
+        in_planes = width
+        for stage_index, block_count in enumerate(blocks_per_stage):
+            planes = width * 2**stage_index
+            blocks: list[nn.Module] = []
+            for block_index in range(int(block_count)):
+                stride = 2 if stage_index > 0 and block_index == 0 else 1
+                blocks.append(_PreActBlock(in_planes, planes, stride))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.linear = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.stages(self.stem(x))
+        out = F.relu(self.bn(out))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+_RESNET_DEPTHS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+
+def cifar_resnet(
+    in_channels: int = 3,
+    num_classes: int = 10,
+    depth: int = 18,
+    width: int = 64,
+) -> PreActResNet:
+    """A pre-activation ResNet for CIFAR-sized inputs; ``depth`` is 10, 18 or 34."""
+    if depth not in _RESNET_DEPTHS:
+        raise ValueError(f"cifar_resnet depth must be one of {sorted(_RESNET_DEPTHS)}, got {depth}")
+    return PreActResNet(in_channels, num_classes, _RESNET_DEPTHS[depth], width)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "madry_mnist": MadryMNIST,
+    "small_cnn": SmallCNN,
+    "mlp": MLP,
+    "cifar_resnet": cifar_resnet,
+}
+
+# Where build_model records how a model was made, so save_model can rebuild it.
+_ARCH_ATTRIBUTE = "_pixdisc_arch"
+
+
+def build_model(name: str, in_channels: int = 1, num_classes: int = 10, **kwargs: Any) -> nn.Module:
+    """Build the architecture ``name`` (one of ``MODELS``); extra keyword arguments go to its constructor."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    try:
+        # Round-trip through JSON so that what save_model stores rebuilds the same model.
+        json.dumps(kwargs)
+    except TypeError as error:
+        raise ValueError(f"model keyword arguments must be JSON-serialisable: {error}") from None
+    try:
+        model = MODELS[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
+    except TypeError as error:
+        raise ValueError(f"bad arguments for model {name!r}: {error}") from None
+    setattr(
+        model,
+        _ARCH_ATTRIBUTE,
+        {"name": name, "kwargs": {"in_channels": in_channels, "num_classes": num_classes, **kwargs}},
+    )
+    return model
+
+
+def _atomic_torch_save(payload: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temporary file in the target folder, then rename: readers never see half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary_name, target)
+    except BaseException:
+        try:
+            os.unlink(temporary_name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _safe_torch_load(path: str | os.PathLike[str], map_location: Any, what: str) -> Any:
+    """``torch.load(weights_only=True)`` with every failure turned into an error naming the file."""
+    file_path = Path(path)
+    if not file_path.is_file():
+        raise FileNotFoundError(f"{what} not found: {file_path}")
+    try:
+        with warnings.catch_warnings():
+            # Legacy (non-zip) pickles trigger a protocol warning; the safe loader
+            # still decides, and refusal is reported below.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(file_path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        # weights_only refuses arbitrary objects; its message is long, keep its first line.
+        raise ValueError(
+            f"{file_path} is not a valid {what} (refused by the safe loader: {_first_line(error)})"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - any failure here is the file's fault, report it as such
+        raise ValueError(f"{file_path} is not a valid {what} (corrupt or unreadable: {_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def save_model(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Save ``model``'s weights with its architecture and JSON-able ``meta``, atomically.
+
+    ``name``/``arch_kwargs`` default to what ``build_model`` recorded on the
+    model; pass them for a model built directly from a class. For a defended
+    model ``Sequential(defense, net)`` save the network ``net``: the defense's
+    codebook is saved by the codebook module.
+    """
+    recorded = getattr(model, _ARCH_ATTRIBUTE, None)
+    if name is None:
+        if recorded is None:
+            raise ValueError(
+                "save_model needs name= (and arch_kwargs=) for a model not made by build_model"
+            )
+        name = recorded["name"]
+    if arch_kwargs is None:
+        arch_kwargs = recorded["kwargs"] if recorded is not None and recorded["name"] == name else {}
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    try:
+        meta_json = json.dumps(meta if meta is not None else {})
+        arch_kwargs_json = json.dumps(arch_kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"meta and arch_kwargs must be JSON-serialisable: {error}") from None
+    state_dict = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    payload = {
+        "format": MODEL_FILE_FORMAT,
+        "version": MODEL_FILE_VERSION,
+        "arch": name,
+        # Stored as JSON text so the safe loader only ever sees strings and tensors.
+        "arch_kwargs": arch_kwargs_json,
+        "meta": meta_json,
+        "state_dict": state_dict,
+    }
+    _atomic_torch_save(payload, path)
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    map_location: Any = "cpu",
+    *,
+    return_meta: bool = False,
+) -> nn.Module | tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model written by ``save_model`` (never unpickles arbitrary objects); eval mode.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming
+    the file when it is corrupt, not a pixdisc model, or does not match its
+    recorded architecture. With ``return_meta=True`` returns ``(model, meta)``.
+    """
+    payload = _safe_torch_load(path, map_location, "pixdisc model file")
+    file_path = Path(path)
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
+        raise ValueError(f"{file_path} is not a pixdisc model file (no {MODEL_FILE_FORMAT!r} header)")
+    version = payload.get("version")
+    if not isinstance(version, int) or version > MODEL_FILE_VERSION:
+        raise ValueError(
+            f"{file_path} has model file version {version!r}; this pixdisc reads up to {MODEL_FILE_VERSION}"
+        )
+    name = payload.get("arch")
+    if name not in MODELS:
+        raise ValueError(f"{file_path} names unknown architecture {name!r}; known: {sorted(MODELS)}")
+    try:
+        arch_kwargs = json.loads(payload["arch_kwargs"])
+        meta = json.loads(payload["meta"])
+        state_dict = payload["state_dict"]
+    except (KeyError, TypeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{file_path} is a damaged pixdisc model file: {error}") from None
+    try:
+        model = build_model(name, **arch_kwargs)
+    except ValueError as error:
+        raise ValueError(f"{file_path}: cannot rebuild architecture {name!r}: {error}") from None
+    try:
+        model.load_state_dict(state_dict)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise ValueError(f"{file_path}: weights do not match architecture {name!r} ({_first_line(error)})") from None
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        model.to(map_location)
+    model.eval()
+    if return_meta:
+        return model, meta
+    return model
+
+
+def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return fallback
+
+
+def predict(
+    model: nn.Module,
+    x: Tensor | np.ndarray,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> Tensor:
+    """Predicted labels (int64, on the CPU) of ``model`` on ``x``, in eval mode and without gradients.
+
+    ``x`` is float in ``[0,1]`` or ``uint8`` (taken as ``v/255``); the model's
+    train/eval mode is restored afterwards.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    images = torch.from_numpy(np.asarray(x)) if not isinstance(x, Tensor) else x
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    target_device = torch.device(device) if device is not None else _model_device(model, images.device)
+    was_training = model.training
+    model.eval()
+    labels: list[Tensor] = []
+    try:
+        with torch.no_grad():
+            for start in range(0, images.shape[0], batch_size):
+                batch = images[start : start + batch_size].to(target_device)
+                labels.append(model(batch).argmax(dim=1).cpu())
+    finally:
+        model.train(was_training)
+    if not labels:
+        return torch.empty(0, dtype=torch.int64)
+    return torch.cat(labels).to(torch.int64)
