@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "pixdisc/candidates.hpp"
 #include "pixdisc/codebook.hpp"
 #include "pixdisc/histogram.hpp"
 #include "pixdisc/nearest.hpp"
@@ -251,4 +252,58 @@ PYBIND11_MODULE(_core, m) {
         return cluster_result(std::move(res), channels);
       },
       "values"_a, "weights"_a, "k"_a, "seed"_a, "max_iter"_a, "tol"_a);
+  m.def(
+      "candidate_sets",
+      [](const pixdisc::NearestIndex& index, const py::array& x, int64_t outer, int channels, int64_t inner,
+         double eps, int rule, bool counts_only) {
+        const auto layout = layout_of(x, outer, channels, inner);
+        auto a = require<float>(x, "x");
+        if (rule < 0 || rule > 1) throw py::value_error("rule must be 0 (sound) or 1 (exact)");
+        pixdisc::CandidateSets sets;
+        {
+          py::gil_scoped_release release;
+          sets = pixdisc::candidate_sets(index, a.data(), layout, eps, static_cast<pixdisc::CandidateRule>(rule),
+                                         counts_only);
+        }
+        const auto n = static_cast<py::ssize_t>(sets.nearest.size());
+        const auto m = static_cast<py::ssize_t>(sets.members.size());
+        return py::make_tuple(to_numpy(std::move(sets.nearest), {n}), to_numpy(std::move(sets.offsets), {n + 1}),
+                              to_numpy(std::move(sets.members), {m}));
+      },
+      "index"_a, "x"_a, "outer"_a, "channels"_a, "inner"_a, "eps"_a, "rule"_a, "counts_only"_a = false,
+      "Per-pixel candidate sets (nearest code first) as CSR: (nearest, offsets, members).");
+
+  m.def(
+      "enumerate_candidates",
+      [](const py::array& base, const py::array& positions, int64_t channel_stride, const py::array& offsets,
+         const py::array& members, const py::array& codes, uint64_t rank_start, int64_t count) {
+        auto b = require<float>(base, "base");
+        auto pos = require<int64_t>(positions, "positions");
+        auto off = require<int64_t>(offsets, "offsets");
+        auto mem = require<int32_t>(members, "members");
+        auto c = require<float>(codes, "codes");
+        if (c.ndim() != 2) throw py::value_error("codes must be (k, C)");
+        const int64_t n = static_cast<int64_t>(pos.size());
+        if (static_cast<int64_t>(off.size()) != n + 1) throw py::value_error("offsets must have one more entry than positions");
+        if (count < 0) throw py::value_error("count must be >= 0");
+        const int64_t image_size = static_cast<int64_t>(b.size());
+        const int channels = static_cast<int>(c.shape(1));
+        for (int64_t j = 0; j < n; ++j) {
+          if (pos.data()[j] < 0 || pos.data()[j] + (channels - 1) * channel_stride >= image_size)
+            throw py::value_error("a pixel position lies outside the image");
+          if (off.data()[j] > off.data()[j + 1]) throw py::value_error("offsets must be non-decreasing");
+        }
+        if (n > 0 && (off.data()[0] < 0 || off.data()[n] > static_cast<int64_t>(mem.size())))
+          throw py::value_error("offsets point outside members");
+        for (py::ssize_t e = 0; e < mem.size(); ++e)
+          if (mem.data()[e] < 0 || mem.data()[e] >= c.shape(0)) throw py::value_error("a member is not a code index");
+        py::array_t<float> out({static_cast<py::ssize_t>(count), static_cast<py::ssize_t>(image_size)});
+        float* dst = out.mutable_data();
+        py::gil_scoped_release release;
+        pixdisc::enumerate_candidates(b.data(), image_size, pos.data(), channel_stride, off.data(), mem.data(),
+                                      static_cast<int>(n), c.data(), channels, rank_start, count, dst);
+        return out;
+      },
+      "base"_a, "positions"_a, "channel_stride"_a, "offsets"_a, "members"_a, "codes"_a, "rank_start"_a, "count"_a,
+      "A batch of candidate images z in S(x) for ranks [rank_start, rank_start + count).");
 }

@@ -1,0 +1,77 @@
+// Candidate sets C(x_i) of the certificate (SPEC §3) and the mixed-radix
+// enumeration of S(x) = prod_i C(x_i). The per-pixel pieces are host-and-device.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "pixdisc/metric.hpp"
+#include "pixdisc/nearest.hpp"
+
+namespace pixdisc {
+
+// Integer values are part of the binding ABI.
+enum class CandidateRule : int {
+  sound = 0,  // dist(x, c) <= dist(x, c*) + 2 delta  (any metric, any C)
+  exact = 1,  // one channel: codes whose Voronoi interval meets [x-eps, x+eps] ∩ [0,1]
+};
+
+// How far an image-level l_inf perturbation of size eps can move one pixel,
+// measured in the pixel metric: eps (linf), C*eps (l1), sqrt(C)*eps (l2).
+PIXDISC_HD double pixel_move(Metric metric, int channels, double eps) {
+  if (metric == Metric::linf) return eps;
+  if (metric == Metric::l1) return channels * eps;
+  return sqrt(double(channels)) * eps;
+}
+
+// True distance in double (l2 not squared), for the candidate test.
+template <int C>
+PIXDISC_HD double true_distance(Metric metric, const float* x, long long stride, const float* c) {
+  double acc = 0.0;
+  for (int ch = 0; ch < C; ++ch) {
+    const double d = fabs(double(x[ch * stride]) - double(c[ch]));
+    if (metric == Metric::linf) acc = d > acc ? d : acc;
+    else if (metric == Metric::l1) acc += d;
+    else acc += d * d;
+  }
+  return metric == Metric::l2 ? sqrt(acc) : acc;
+}
+
+// Slack added to the sound rule's threshold: it covers the float32 rounding
+// an attacker's own discretization makes (relative 1e-7 on distances <= 2),
+// so the candidate set is a superset of every reachable code.
+constexpr double kCandidateSlack = 1e-6;
+
+// Writes the digits of `rank` in the mixed radix `radices` (least significant
+// first) into `digits`; returns false when rank is beyond the product.
+PIXDISC_HD bool rank_to_digits(uint64_t rank, const int32_t* radices, int n, int32_t* digits) {
+  for (int j = 0; j < n; ++j) {
+    const uint64_t r = static_cast<uint64_t>(radices[j]);
+    digits[j] = static_cast<int32_t>(rank % r);
+    rank /= r;
+  }
+  return rank == 0;
+}
+
+// Per-pixel candidate sets in CSR form: pixel p's codes are
+// members[offsets[p] .. offsets[p+1]), its nearest code first, then the
+// others in ascending index order.
+struct CandidateSets {
+  std::vector<int32_t> nearest;
+  std::vector<int64_t> offsets;
+  std::vector<int32_t> members;
+};
+
+// Builds candidate sets for the pixels of x viewed as (outer, C, inner).
+// With counts_only, members stays empty and offsets holds the running counts.
+CandidateSets candidate_sets(const NearestIndex& index, const float* x, PixelLayout layout, double eps,
+                             CandidateRule rule, bool counts_only);
+
+// Fills out[b] (b < count) with base (an image of `image_size` floats) in
+// which each ambiguous pixel j takes the code members[j][digit_j] of rank
+// rank_start + b; pixel j's channels sit at positions[j] + c*channel_stride.
+void enumerate_candidates(const float* base, int64_t image_size, const int64_t* positions, int64_t channel_stride,
+                          const int64_t* offsets, const int32_t* members, int n_ambiguous, const float* codes,
+                          int channels, uint64_t rank_start, int64_t count, float* out);
+
+}  // namespace pixdisc
