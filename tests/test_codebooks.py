@@ -240,3 +240,13 @@ def test_fit_on_torch_nchw(rng):
     b = pixdisc.DensityCodebook(4, 0.1).fit(x, channel_axis=1)
     assert a.n_channels == 3
     np.testing.assert_array_equal(a.codes_, b.codes_)
+
+
+def test_codebook_pickles_without_its_native_cache(rng):
+    import pickle
+
+    book = pixdisc.DensityCodebook(3, 0.2).fit(rng.random((100, 3), dtype=np.float32))
+    x = rng.random((50, 3), dtype=np.float32)
+    before = book.assign(x)  # builds the native index
+    clone = pickle.loads(pickle.dumps(book))
+    np.testing.assert_array_equal(clone.assign(x), before)

@@ -29,9 +29,15 @@ std::string describe(const py::array& a) {
 
 // Pixel data is never silently converted: a wrong dtype or a strided view is
 // an error here, and the Python layer decides when to copy.
+// dtype equivalence, not identity: an unpickled array has its own (equal) dtype object.
+template <typename T>
+bool has_dtype(const py::array& a) {
+  return py::isinstance<py::array_t<T>>(a);
+}
+
 template <typename T>
 py::array_t<T, py::array::c_style> require(const py::array& a, const char* name) {
-  if (!a.dtype().is(py::dtype::of<T>()) || !(a.flags() & py::array::c_style)) {
+  if (!py::isinstance<py::array_t<T, py::array::c_style>>(a)) {
     throw py::value_error(std::string(name) + " must be a C-contiguous " +
                           py::str(py::dtype::of<T>()).cast<std::string>() + " array, got " + describe(a));
   }
@@ -119,7 +125,7 @@ PYBIND11_MODULE(_core, m) {
             const auto layout = layout_of(x, outer, channels, inner);
             py::array_t<int32_t> index(layout.pixels());
             int32_t* out = index.mutable_data();
-            if (x.dtype().is(py::dtype::of<uint8_t>())) {
+            if (has_dtype<uint8_t>(x)) {
               auto a = require<uint8_t>(x, "x");
               py::gil_scoped_release release;
               self.assign_u8(a.data(), layout, out);
@@ -140,7 +146,7 @@ PYBIND11_MODULE(_core, m) {
             py::array_t<int32_t> index(with_index ? layout.pixels() : 0);
             int32_t* index_ptr = with_index ? index.mutable_data() : nullptr;
             py::array out;
-            if (x.dtype().is(py::dtype::of<uint8_t>())) {
+            if (has_dtype<uint8_t>(x)) {
               auto a = require<uint8_t>(x, "x");
               py::array_t<uint8_t> o(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
               uint8_t* dst = o.mutable_data();
@@ -170,7 +176,7 @@ PYBIND11_MODULE(_core, m) {
       [](const py::array& x, int64_t outer, int channels, int64_t inner) {
         const auto layout = layout_of(x, outer, channels, inner);
         pixdisc::Histogram h;
-        if (x.dtype().is(py::dtype::of<uint8_t>())) {
+        if (has_dtype<uint8_t>(x)) {
           auto a = require<uint8_t>(x, "x");
           py::gil_scoped_release release;
           h = pixdisc::histogram_u8(a.data(), layout);

@@ -166,6 +166,14 @@ class Codebook:
         return out, index
 
     # -- persistence ----------------------------------------------------------
+    def __getstate__(self) -> Dict[str, Any]:
+        # The native index and device copies are caches: rebuilt on first use,
+        # so codebooks pickle cleanly to worker processes.
+        state = dict(self.__dict__)
+        state["_index"] = None
+        state["_device_codes"] = {}
+        return state
+
     def get_params(self) -> Dict[str, Any]:
         return {"metric": self.metric}
 
