@@ -1,0 +1,51 @@
+"""Lower confidence bounds on a certified fraction (Proposition 2 of the 2019 paper, done right)."""
+
+from __future__ import annotations
+
+import math
+from typing import Dict
+
+__all__ = ["hoeffding_lower", "clopper_pearson_lower", "paper_lower", "certified_fraction_bounds"]
+
+
+def _check(successes: int, m: int, delta: float) -> None:
+    if m <= 0:
+        raise ValueError("need at least one sample")
+    if not 0 <= successes <= m:
+        raise ValueError(f"successes must lie in [0, {m}], got {successes}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must lie in (0, 1), got {delta}")
+
+
+def hoeffding_lower(successes: int, m: int, delta: float) -> float:
+    """Additive Hoeffding bound ``s_hat - sqrt(ln(1/delta) / (2m))``: holds with probability >= 1 - delta."""
+    _check(successes, m, delta)
+    return successes / m - math.sqrt(math.log(1 / delta) / (2 * m))
+
+
+def paper_lower(successes: int, m: int, delta: float) -> float:
+    """The paper's multiplicative ``(1 - sqrt(ln(1/delta) / (2m))) * s_hat`` (reproduces its Table IV).
+
+    It is not what Hoeffding's inequality gives; reported for comparison only.
+    """
+    _check(successes, m, delta)
+    return (1 - math.sqrt(math.log(1 / delta) / (2 * m))) * successes / m
+
+
+def clopper_pearson_lower(successes: int, m: int, delta: float) -> float:
+    """Exact one-sided Clopper–Pearson lower bound at confidence 1 - delta."""
+    _check(successes, m, delta)
+    if successes == 0:
+        return 0.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(delta, successes, m - successes + 1))
+
+
+def certified_fraction_bounds(successes: int, m: int, delta: float) -> Dict[str, float]:
+    return {
+        "s_hat": successes / m,
+        "hoeffding": hoeffding_lower(successes, m, delta),
+        "clopper_pearson": clopper_pearson_lower(successes, m, delta),
+        "paper_formula": paper_lower(successes, m, delta),
+    }

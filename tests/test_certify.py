@@ -1,0 +1,236 @@
+"""The certificate against brute force: it must never claim more than exhaustive search allows."""
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import pixdisc  # noqa: E402
+from pixdisc.candidates import candidate_sets  # noqa: E402
+from pixdisc.certify import Budget, certify  # noqa: E402
+
+import reference as ref  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_net(in_features, classes=3, seed=0, hidden=10):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_features, hidden), torch.nn.ReLU(),
+                               torch.nn.Linear(hidden, classes)).eval()
+
+
+def exhaustive_outcome(net, book, image, label, eps):
+    """Ground truth over the exact 1-channel reachable sets: every z, one by one."""
+    sets = candidate_sets(image[None], book, eps, rule="exact", channel_axis=1)
+    choices = [book.codes_[sets.of(p), 0] for p in range(image.size)]
+    with torch.no_grad():
+        for combo in itertools.product(*choices):
+            z = torch.tensor(np.array(combo, np.float32).reshape(1, *image.shape))
+            if int(net(z).argmax(1)) != label:
+                return "failed"
+    return "certified"
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.05, 0.15, 0.3])
+@pytest.mark.parametrize("mode", ["paper", "bab"])
+def test_one_channel_outcomes_equal_exhaustive_search(eps, mode):
+    rng = np.random.default_rng(int(eps * 100))
+    codes = np.array([[0.0], [0.25], [0.5], [0.8], [1.0]], np.float32)
+    book = pixdisc.Codebook(codes)
+    x = (rng.integers(0, 256, size=(24, 1, 2, 3)) / np.float32(255)).astype(np.float32)  # 8-bit: real ties
+    net = tiny_net(6, seed=1)
+    with torch.no_grad():
+        y = net(torch.from_numpy(book.transform(x, channel_axis=1))).argmax(1).numpy()
+    y[::5] = (y[::5] + 1) % 3  # some samples wrong from the start
+    result = certify(net, book, x, y, eps, mode=mode, b=64, executor="serial", progress=False,
+                     budget=Budget(nodes=10_000, seconds=60, leaf_log2=4))
+    assert (result.outcome != "unable").all()
+    for i in range(len(x)):
+        assert result.outcome[i] == exhaustive_outcome(net, book, x[i], y[i], eps), i
+
+
+@pytest.mark.parametrize("mode", ["paper", "bab"])
+def test_failures_come_with_checked_counterexamples(mode):
+    rng = np.random.default_rng(5)
+    codes = np.array([[0.0], [0.5], [1.0]], np.float32)
+    book = pixdisc.Codebook(codes)
+    x = rng.random((30, 1, 2, 2)).astype(np.float32)
+    net = tiny_net(4, classes=2, seed=3)
+    with torch.no_grad():
+        y = net(torch.from_numpy(book.transform(x, channel_axis=1))).argmax(1).numpy()
+    eps = 0.2
+    result = certify(net, book, x, y, eps, mode=mode, b=64, executor="serial", progress=False)
+    failed = np.flatnonzero(result.outcome == "failed")
+    assert len(failed) > 0
+    for i in failed:
+        z = result.z_codes[i]
+        with torch.no_grad():
+            assert int(net(torch.from_numpy(codes[z].reshape(1, 1, 2, 2))).argmax(1)) != y[i]
+        assert result.verified[i]  # exact sets: the failure is a real attack
+        x_adv = result.counterexample[i]
+        assert np.abs(x_adv - x[i]).max() <= eps + 1e-7 and x_adv.min() >= 0 and x_adv.max() <= 1
+        with torch.no_grad():
+            pred = net(torch.from_numpy(book.transform(x_adv[None], channel_axis=1))).argmax(1)
+        assert int(pred) != y[i]
+
+
+@pytest.mark.parametrize("metric", ["linf", "l2"])
+def test_rgb_certified_never_contradicted_by_sampling(metric):
+    """Sound rule: sample perturbations of certified RGB images; none may change the prediction."""
+    rng = np.random.default_rng(7)
+    codes = rng.random((6, 3)).astype(np.float32)
+    book = pixdisc.Codebook(codes, metric)
+    x = rng.random((12, 3, 2, 2)).astype(np.float32)
+    net = tiny_net(12, seed=4)
+    with torch.no_grad():
+        y = net(torch.from_numpy(book.transform(x, channel_axis=1))).argmax(1).numpy()
+    eps = 0.05
+    result = certify(net, book, x, y, eps, executor="serial", progress=False)
+    assert (result.outcome == "certified").any()
+    for i in np.flatnonzero(result.outcome == "certified"):
+        noise = rng.uniform(-eps, eps, size=(2000, 3, 2, 2)).astype(np.float32)
+        noise[:500] = np.sign(noise[:500]) * eps  # corners
+        xs = np.clip(x[i][None] + noise, 0, 1).astype(np.float32)
+        with torch.no_grad():
+            pred = net(torch.from_numpy(book.transform(xs, channel_axis=1))).argmax(1).numpy()
+        assert (pred == y[i]).all(), i
+
+
+def test_paper_mode_unable_above_b_and_bab_decides():
+    codes = np.array([[0.0], [1.0]], np.float32)
+    book = pixdisc.Codebook(codes)
+    x = np.full((2, 1, 4, 4), 0.5, np.float32)  # every pixel ambiguous: |S| = 2^16
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2)).eval()
+    with torch.no_grad():
+        net[0 + 1].weight.zero_()
+        net[1].bias.copy_(torch.tensor([1.0, 0.0]))  # constant classifier: always class 0
+    paper = certify(net, book, x, [0, 0], 0.1, mode="paper", b=10, executor="serial", progress=False)
+    assert paper.outcome.tolist() == ["unable", "unable"]
+    np.testing.assert_allclose(paper.log2_size, [16, 16])
+    bab = certify(net, book, x, [0, 0], 0.1, mode="bab", executor="serial", progress=False)
+    assert bab.outcome.tolist() == ["certified", "certified"]
+
+
+def test_summary_statistics():
+    codes = np.array([[0.0], [1.0]], np.float32)
+    book = pixdisc.Codebook(codes)
+    x = np.zeros((10, 1, 2, 2), np.float32)
+    net = tiny_net(4, classes=2)
+    with torch.no_grad():
+        y = net(torch.zeros(10, 1, 2, 2)).argmax(1).numpy()
+    y[:3] = 1 - y[:3]
+    s = certify(net, book, x, y, 0.1, executor="serial", progress=False).summary()
+    assert s["certified"] == 7 and s["failed"] == 3 and s["s_hat"] == 0.7
+    assert s["lower_hoeffding"] == pytest.approx(0.7 - np.sqrt(np.log(100) / 20))
+    assert s["lower_paper_formula"] == pytest.approx((1 - np.sqrt(np.log(100) / 20)) * 0.7)
+    assert 0 < s["lower_clopper_pearson"] < 0.7
+
+
+def test_process_pool_and_checkpoint_resume(tmp_path):
+    codes = np.array([[0.0], [0.5], [1.0]], np.float32)
+    book = pixdisc.Codebook(codes)
+    rng = np.random.default_rng(11)
+    x = rng.random((40, 1, 2, 2)).astype(np.float32)
+    net = tiny_net(4, classes=2, seed=5)
+    y = np.zeros(40, np.int64)
+    serial = certify(net, book, x, y, 0.2, executor="serial", progress=False)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        threaded = certify(net, book, x, y, 0.2, executor=pool, chunk_size=7, progress=False,
+                           checkpoint=tmp_path / "run.jsonl")
+    np.testing.assert_array_equal(serial.outcome, threaded.outcome)
+    lines = (tmp_path / "run.jsonl").read_text().splitlines()
+    assert len(lines) == 41 and json.loads(lines[0])["format"] == "pixdisc-certify"
+    # A resumed run computes nothing new and returns the same outcomes.
+    again = certify(net, book, x, y, 0.2, executor="serial", progress=False, checkpoint=tmp_path / "run.jsonl")
+    np.testing.assert_array_equal(again.outcome, serial.outcome)
+    assert len((tmp_path / "run.jsonl").read_text().splitlines()) == 41
+    with pytest.raises(ValueError, match="eps"):
+        certify(net, book, x, y, 0.3, executor="serial", progress=False, checkpoint=tmp_path / "run.jsonl")
+
+
+_KILL_SCRIPT = r"""
+import sys, numpy as np, torch, pixdisc
+from pixdisc.certify import certify
+if __name__ == "__main__":  # worker processes are spawned and re-import this file
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10), torch.nn.ReLU(),
+                              torch.nn.Linear(10, 2)).eval()
+    book = pixdisc.Codebook(np.array([[0.0], [0.5], [1.0]], np.float32))
+    x = np.random.default_rng(11).random((60, 1, 2, 2)).astype(np.float32)
+    y = np.zeros(60, np.int64)
+    r = certify(net, book, x, y, 0.2, executor=sys.argv[2], workers=2, chunk_size=3, progress=False,
+                checkpoint=sys.argv[1])
+    np.save(sys.argv[1] + ".npy", r.outcome)
+"""
+
+
+def test_killed_run_resumes_with_nothing_lost_or_repeated(tmp_path):
+    """Kill the certifying process (and its workers) mid-run; the resumed run equals an uninterrupted one."""
+    script = tmp_path / "run.py"
+    script.write_text(_KILL_SCRIPT)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    full = tmp_path / "full.jsonl"
+    subprocess.run([sys.executable, str(script), str(full), "serial"], check=True, env=env, timeout=300)
+    partial = tmp_path / "partial.jsonl"
+    proc = subprocess.Popen([sys.executable, str(script), str(partial), "processes"], env=env,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # wait until some records are written
+        if partial.exists() and len(partial.read_text().splitlines()) > 4:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = len(partial.read_text().splitlines()) - 1
+    assert 0 < written < 60
+    subprocess.run([sys.executable, str(script), str(partial), "serial"], check=True, env=env, timeout=300)
+    records = [json.loads(line) for line in partial.read_text().splitlines()[1:]]
+    assert sorted(r["index"] for r in records) == list(range(60))  # nothing lost, nothing repeated
+    np.testing.assert_array_equal(np.load(str(partial) + ".npy"), np.load(str(full) + ".npy"))
+
+
+def test_dask_local_cluster():
+    distributed = pytest.importorskip("distributed")
+    codes = np.array([[0.0], [0.5], [1.0]], np.float32)
+    book = pixdisc.Codebook(codes)
+    x = np.random.default_rng(2).random((16, 1, 2, 2)).astype(np.float32)
+    net = tiny_net(4, classes=2, seed=6)
+    y = np.zeros(16, np.int64)
+    expect = certify(net, book, x, y, 0.2, executor="serial", progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            got = certify(net, book, x, y, 0.2, executor=client, chunk_size=4, progress=False)
+    np.testing.assert_array_equal(got.outcome, expect.outcome)
+
+
+def test_bad_inputs():
+    book = pixdisc.Codebook(np.array([[0.0], [1.0]], np.float32))
+    net = tiny_net(4, classes=2)
+    x = np.zeros((2, 1, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="mode"):
+        certify(net, book, x, [0, 0], 0.1, mode="magic")
+    with pytest.raises(ValueError, match="eps"):
+        certify(net, book, x, [0, 0], -1.0)
+    with pytest.raises(ValueError, match="labels"):
+        certify(net, book, x, [0], 0.1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        certify(net, book, x + 2, [0, 0], 0.1)
+    with pytest.raises(ValueError, match="codebook"):
+        certify(net, None, x, [0, 0], 0.1)
