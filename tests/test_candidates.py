@@ -159,3 +159,23 @@ def test_enumeration_matches_itertools_product():
     np.testing.assert_array_equal(out[0], base)  # rank 0 is T(x)
     with pytest.raises(ValueError, match="exceeds"):
         _backend._core.enumerate_candidates(base, ambiguous.astype(np.int64), 1, offsets, members, codes, 1, total)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_box_hull_contains_every_candidate(channels):
+    from pixdisc.candidates import box_hull
+
+    rng = np.random.default_rng(3)
+    codes = rng.random((7, channels), dtype=np.float32)
+    book = pixdisc.Codebook(codes)
+    x = rng.random((4, channels, 3, 5), dtype=np.float32)
+    lower, upper = box_hull(x, book, 0.1, channel_axis=1)
+    assert lower.shape == x.shape and (lower <= upper).all()
+    sets = candidate_sets(x, book, 0.1, channel_axis=1)
+    values = np.moveaxis(x, 1, -1).reshape(-1, channels)
+    lo = np.moveaxis(lower, 1, -1).reshape(-1, channels)
+    hi = np.moveaxis(upper, 1, -1).reshape(-1, channels)
+    for p in range(len(values)):
+        members = codes[sets.of(p)]
+        np.testing.assert_array_equal(lo[p], members.min(0))
+        np.testing.assert_array_equal(hi[p], members.max(0))

@@ -25,7 +25,7 @@ from . import _backend
 from .codebook import Codebook
 from .pixels import PixelView, as_pixels
 
-__all__ = ["CandidateSets", "candidate_sets", "candidate_counts", "log2_set_size", "RULES", "resolve_rule"]
+__all__ = ["CandidateSets", "candidate_sets", "candidate_counts", "log2_set_size", "box_hull", "RULES", "resolve_rule"]
 
 RULES = ("auto", "sound", "exact")
 
@@ -105,3 +105,28 @@ def log2_set_size(x: Any, codebook: Codebook, eps: float, rule: str = "auto",
     if counts.ndim == 0:
         return np.log2(counts.astype(np.float64))
     return np.log2(counts.reshape(counts.shape[0], -1).astype(np.float64)).sum(axis=1)
+
+
+def box_hull(x: Any, codebook: Codebook, eps: float, rule: str = "auto",
+             channel_axis: Optional[int] = None):
+    """Per-element bounds ``(lower, upper)`` of the box hull of S(x), in x's shape (float32 NumPy).
+
+    Every z in S(x) — hence every discretized perturbation of x — lies in the
+    box; bound propagation over it is what certification and certified
+    training need.
+    """
+    view, rule, nearest, offsets, members = _native_sets(x, codebook, eps, rule, channel_axis, False)
+    values = codebook.codes_[members]  # (m, C)
+    starts = offsets[:-1]
+    if len(starts) == 0:
+        empty = np.zeros(view.shape, np.float32)
+        return empty, empty.copy()
+    lower = np.minimum.reduceat(values, starts, axis=0)  # (pixels, C); every set is non-empty
+    upper = np.maximum.reduceat(values, starts, axis=0)
+
+    def to_layout(a: np.ndarray) -> np.ndarray:
+        if view.axis is None:
+            return a.reshape(view.shape).astype(np.float32)
+        return np.moveaxis(a.reshape(*view.index_shape, view.channels), -1, view.axis).astype(np.float32)
+
+    return to_layout(lower), to_layout(upper)

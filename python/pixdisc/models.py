@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 __all__ = [
     "MODELS",
+    "CertCNN",
     "MLP",
     "MadryMNIST",
     "PreActResNet",
@@ -98,6 +99,39 @@ class SmallCNN(nn.Sequential):
             nn.MaxPool2d(2),
             nn.Flatten(),
             nn.Linear(2 * width * (height // 4) * (width_pixels // 4), hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+
+class CertCNN(nn.Sequential):
+    """The small CNN of the interval-bound-training paper (Gowal et al. 2018): strided convs, no pooling.
+
+    conv ``width`` 4x4 stride 2 -> conv ``2*width`` 4x4 stride 1 -> linear
+    ``hidden`` -> linear: few unstable ReLUs and no max-pool relaxation, so
+    IBP/CROWN bounds stay tight; the model certified training uses.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        width: int = 16,
+        hidden: int = 100,
+        input_size: int | Sequence[int] = 28,
+    ) -> None:
+        height, width_pixels = _spatial_size(input_size)
+        h1, w1 = (height - 4) // 2 + 1, (width_pixels - 4) // 2 + 1
+        h2, w2 = h1 - 3, w1 - 3
+        if h2 < 1 or w2 < 1:
+            raise ValueError(f"CertCNN needs inputs of at least 10x10, got {height}x{width_pixels}")
+        super().__init__(
+            nn.Conv2d(in_channels, width, kernel_size=4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, kernel_size=4, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(2 * width * h2 * w2, hidden),
             nn.ReLU(),
             nn.Linear(hidden, num_classes),
         )
@@ -197,6 +231,7 @@ def cifar_resnet(
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "madry_mnist": MadryMNIST,
     "small_cnn": SmallCNN,
+    "cert_cnn": CertCNN,
     "mlp": MLP,
     "cifar_resnet": cifar_resnet,
 }

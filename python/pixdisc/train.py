@@ -23,6 +23,7 @@ from .models import _atomic_torch_save, _safe_torch_load, build_model
 __all__ = [
     "PAPER_TRAINING",
     "SETTINGS",
+    "train_certified",
     "train_model",
     "train_setting",
 ]
@@ -387,3 +388,140 @@ def train_setting(
     )
     defended = nn.Sequential(defense, network).eval()
     return (defended, history) if return_history else defended
+
+
+def train_certified(
+    model: nn.Module,
+    x: Tensor | np.ndarray,
+    y: Tensor | np.ndarray,
+    codebook: Any,
+    *,
+    eps: float,
+    epochs: int = 30,
+    warmup_epochs: int = 2,
+    ramp_epochs: int = 10,
+    kappa_end: float = 0.5,
+    bound: str = "ibp",
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    lr_milestones: Sequence[int] = (),
+    lr_gamma: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+) -> tuple[nn.Module, dict[str, list[float]]]:
+    """Certified training: make the certificate succeed for ``F`` behind the codebook's discretization.
+
+    Each batch is discretized (``T(x)``) and bounded over the box hull of
+    ``S(x)`` at the current eps (interval bounds by default, Gowal et al.
+    2018). The loss mixes the natural cross-entropy on ``T(x)`` with the
+    cross-entropy of the worst-case logits (negated margin lower bounds):
+    ``kappa * CE(F(T(x)), y) + (1 - kappa) * CE(-margin_lb, y)``. After
+    ``warmup_epochs`` of natural training, eps ramps linearly from 0 to
+    ``eps`` over ``ramp_epochs`` while kappa goes from 1 to ``kappa_end``.
+    ``model`` is trained in place and returned in eval mode with a history
+    (``epoch``, ``loss``, ``accuracy`` (natural), ``verified`` (fraction of
+    batch samples the training bound proves), ``eps``, ``lr``, ``seconds``).
+    A checkpoint written after every epoch is resumed as in :func:`train_model`.
+    """
+    from .bounds import margin_lower_bound
+    from .candidates import box_hull, resolve_rule
+
+    _check_positive_integer("epochs", epochs, minimum=0)
+    _check_positive_integer("batch_size", batch_size)
+    _check_positive_integer("warmup_epochs", warmup_epochs, minimum=0)
+    _check_positive_integer("ramp_epochs", ramp_epochs, minimum=0)
+    _check_nonnegative("eps", eps)
+    _check_nonnegative("lr", lr)
+    if not 0 <= kappa_end <= 1:
+        raise ValueError(f"kappa_end must lie in [0, 1], got {kappa_end!r}")
+    if bound not in ("ibp", "crown"):
+        raise ValueError(f"bound must be 'ibp' or 'crown', got {bound!r}")
+    rule = resolve_rule("auto", codebook)
+    images = _as_images(x)
+    labels = _as_labels(y, images.shape[0])
+    sample_count = images.shape[0]
+    if sample_count == 0:
+        raise ValueError("cannot train on an empty data set")
+    target_device = _resolve_device(device)
+    model.to(target_device)
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = _make_optimizer("adam", trainable, lr, 0.0, 0.0)
+    milestones = sorted(int(m) for m in lr_milestones)
+    config = {
+        "mode": "certified", "samples": int(sample_count), "batch_size": int(batch_size), "lr": float(lr),
+        "eps": float(eps), "warmup_epochs": int(warmup_epochs), "ramp_epochs": int(ramp_epochs),
+        "kappa_end": float(kappa_end), "bound": bound, "lr_milestones": milestones, "lr_gamma": float(lr_gamma),
+        "codes": np.asarray(codebook.codes_).round(7).tolist(), "metric": codebook.metric, "seed": int(seed),
+    }
+    keys = ("epoch", "loss", "accuracy", "verified", "eps", "lr", "seconds")
+    history: dict[str, list[float]] = {key: [] for key in keys}
+    start_epoch = 0
+    checkpoint_file = Path(checkpoint_path) if checkpoint_path is not None else None
+    if checkpoint_file is not None and checkpoint_file.exists():
+        checkpoint = _load_checkpoint(checkpoint_file, target_device, config, epochs)
+        try:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise ValueError(f"{checkpoint_file} does not fit this model/optimizer: {error}") from None
+        history = {key: list(values) for key, values in checkpoint.get("history", history).items()}
+        start_epoch = int(checkpoint["epoch"])
+
+    steps_per_epoch = math.ceil(sample_count / batch_size)
+    ramp_steps = max(1, ramp_epochs * steps_per_epoch)
+    images_np = images.numpy()
+    with _private_rng(target_device):
+        for epoch in range(start_epoch, epochs):
+            started = time.perf_counter()
+            epoch_lr = lr * lr_gamma ** sum(1 for m in milestones if m <= epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = epoch_lr
+            torch.manual_seed(_derive_seed(seed, epoch, _TORCH_STREAM))
+            order = torch.randperm(sample_count,
+                                   generator=torch.Generator().manual_seed(_derive_seed(seed, epoch, _SHUFFLE_STREAM)))
+            loss_sum, correct, verified, seen = 0.0, 0, 0, 0
+            bar = tqdm(range(steps_per_epoch), desc=f"certified epoch {epoch + 1}/{epochs}", unit="batch",
+                       disable=not progress, leave=False)
+            current_eps = 0.0
+            for step in bar:
+                index = order[step * batch_size : (step + 1) * batch_size].numpy()
+                global_step = (epoch - warmup_epochs) * steps_per_epoch + step + 1
+                ramp = min(1.0, max(0.0, global_step / ramp_steps)) if epoch >= warmup_epochs else 0.0
+                current_eps = eps * ramp
+                kappa = 1.0 - (1.0 - kappa_end) * ramp
+                batch = images_np[index]
+                lower, upper = box_hull(batch, codebook, current_eps, rule=rule, channel_axis=1)
+                discrete = torch.from_numpy(np.asarray(codebook.transform(batch, channel_axis=1))).to(target_device)
+                y_batch = labels[index].to(target_device)
+                model.train()
+                logits = model(discrete)
+                loss = kappa * F.cross_entropy(logits, y_batch)
+                if kappa < 1.0:
+                    margins = margin_lower_bound(model, torch.from_numpy(lower).to(target_device),
+                                                 torch.from_numpy(upper).to(target_device), y_batch, method=bound)
+                    loss = loss + (1.0 - kappa) * F.cross_entropy(-margins, y_batch)
+                    margins = margins.detach().scatter(1, y_batch[:, None], float("inf"))
+                    verified += int((margins.min(dim=1).values > 0).sum())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward(inputs=trainable)
+                optimizer.step()
+                loss_sum += float(loss.detach()) * len(index)
+                correct += int((logits.detach().argmax(1) == y_batch).sum())
+                seen += len(index)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
+                                verified=f"{verified / seen:.3f}", eps=f"{current_eps:.3f}")
+            bar.close()
+            for key, value in zip(keys, (epoch + 1, loss_sum / seen, correct / seen, verified / seen, current_eps,
+                                         epoch_lr, time.perf_counter() - started)):
+                history[key].append(value)
+            if checkpoint_file is not None:
+                _atomic_torch_save(
+                    {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch + 1,
+                     "config": json.dumps(config), "model": model.state_dict(),
+                     "optimizer": optimizer.state_dict(), "history": history},
+                    checkpoint_file,
+                )
+    model.eval()
+    return model, history
