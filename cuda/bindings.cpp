@@ -33,4 +33,18 @@ PYBIND11_MODULE(_cuda, m) {
                                     reinterpret_cast<int64_t*>(table), stream, device);
       },
       "x"_a, "outer"_a, "channels"_a, "inner"_a, "table"_a, "stream"_a, "device"_a);
+  m.def(
+      "enumerate_candidates",
+      [](uintptr_t base, int64_t image_size, uintptr_t positions, int64_t channel_stride, uintptr_t offsets,
+         uintptr_t strides, uintptr_t members, int n_ambiguous, uintptr_t codes, int channels, uint64_t rank_start,
+         int64_t count, uintptr_t out, uintptr_t stream, int device) {
+        py::gil_scoped_release release;
+        pixdisc::cuda::enumerate_candidates(
+            reinterpret_cast<const float*>(base), image_size, reinterpret_cast<const int64_t*>(positions),
+            channel_stride, reinterpret_cast<const int64_t*>(offsets), reinterpret_cast<const uint64_t*>(strides),
+            reinterpret_cast<const int32_t*>(members), n_ambiguous, reinterpret_cast<const float*>(codes), channels,
+            rank_start, count, reinterpret_cast<float*>(out), stream, device);
+      },
+      "base"_a, "image_size"_a, "positions"_a, "channel_stride"_a, "offsets"_a, "strides"_a, "members"_a,
+      "n_ambiguous"_a, "codes"_a, "channels"_a, "rank_start"_a, "count"_a, "out"_a, "stream"_a, "device"_a);
 }

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "launch.hpp"
+#include "pixdisc/candidates.hpp"
 #include "pixdisc/metric.hpp"
 
 namespace pixdisc::cuda {
@@ -127,6 +128,28 @@ __global__ void histogram_color_kernel(const uint8_t* __restrict__ x, int64_t ou
   }
 }
 
+__global__ void broadcast_base_kernel(const float* __restrict__ base, int64_t image_size, int64_t count,
+                                      float* __restrict__ out) {
+  const int64_t n = image_size * count;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x)
+    out[e] = base[e % image_size];
+}
+
+__global__ void place_candidates_kernel(const int64_t* __restrict__ positions, int64_t channel_stride,
+                                        const int64_t* __restrict__ offsets, const uint64_t* __restrict__ strides,
+                                        const int32_t* __restrict__ members, int n_ambiguous,
+                                        const float* __restrict__ codes, int channels, uint64_t rank_start,
+                                        int64_t count, int64_t image_size, float* __restrict__ out) {
+  const int64_t n = count * n_ambiguous;
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n; t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = t / n_ambiguous, j = t - b * n_ambiguous;
+    const int32_t radix = static_cast<int32_t>(offsets[j + 1] - offsets[j]);
+    const int32_t code = members[offsets[j] + mixed_radix_digit(rank_start + uint64_t(b), strides[j], radix)];
+    float* image = out + b * image_size;
+    for (int c = 0; c < channels; ++c) image[positions[j] + c * channel_stride] = codes[code * channels + c];
+  }
+}
+
 }  // namespace
 
 int device_count() {
@@ -187,6 +210,25 @@ void histogram_u8(const uint8_t* x, int64_t outer, int channels, int64_t inner, 
   }
   check(cudaGetLastError(), "histogram kernel launch");
   check(cudaStreamSynchronize(stream), "histogram kernel");
+}
+
+void enumerate_candidates(const float* base, int64_t image_size, const int64_t* positions, int64_t channel_stride,
+                          const int64_t* offsets, const uint64_t* strides, const int32_t* members, int n_ambiguous,
+                          const float* codes, int channels, uint64_t rank_start, int64_t count, float* out,
+                          uintptr_t stream_handle, int device) {
+  if (count <= 0) return;
+  DeviceGuard guard(device);
+  auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  const int threads = 256;
+  broadcast_base_kernel<<<blocks_for(image_size * count, threads), threads, 0, stream>>>(base, image_size, count, out);
+  check(cudaGetLastError(), "broadcast_base_kernel launch");
+  if (n_ambiguous > 0) {
+    place_candidates_kernel<<<blocks_for(count * n_ambiguous, threads), threads, 0, stream>>>(
+        positions, channel_stride, offsets, strides, members, n_ambiguous, codes, channels, rank_start, count,
+        image_size, out);
+    check(cudaGetLastError(), "place_candidates_kernel launch");
+  }
+  // No synchronisation: the caller's next kernel on this stream (the model) waits in order.
 }
 
 }  // namespace pixdisc::cuda

@@ -26,4 +26,13 @@ void nearest(const void* x, bool x_is_u8, int64_t outer, int channels, int64_t i
 void histogram_u8(const uint8_t* x, int64_t outer, int channels, int64_t inner, int64_t* table, uintptr_t stream,
                   int device);
 
+// Writes count candidate images of S(x) for ranks [rank_start, rank_start+count)
+// into out (count * image_size floats): base everywhere, then each ambiguous
+// pixel j set to code members[offsets[j] + digit_j]. strides/offsets/positions/
+// members/codes/base are device arrays (see pixdisc/candidates.hpp).
+void enumerate_candidates(const float* base, int64_t image_size, const int64_t* positions, int64_t channel_stride,
+                          const int64_t* offsets, const uint64_t* strides, const int32_t* members, int n_ambiguous,
+                          const float* codes, int channels, uint64_t rank_start, int64_t count, float* out,
+                          uintptr_t stream, int device);
+
 }  // namespace pixdisc::cuda

@@ -94,3 +94,25 @@ def test_discretize_module_on_cuda(torch):
     cpu_x = x.detach().cpu().requires_grad_()
     Discretize(book)(cpu_x).sum().backward()
     torch.testing.assert_close(x.grad.cpu(), cpu_x.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_enumeration_matches_cpu(torch):
+    from pixdisc import _backend
+
+    codes = np.array([[0.0], [0.3], [0.6], [1.0]], np.float32)
+    base = np.zeros(12, np.float32)
+    positions = np.array([1, 4, 7, 10], np.int64)
+    sizes = np.array([2, 3, 2, 4], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    members = np.array([0, 1, 0, 1, 2, 2, 3, 0, 1, 2, 3, 1][: offsets[-1]], np.int32)
+    total = int(np.prod(sizes))
+    expect = _backend._core.enumerate_candidates(base, positions, 12, offsets, members, codes, 3, total - 3)
+    dev = {k: torch.from_numpy(v).cuda() for k, v in dict(
+        base=base, positions=positions, offsets=offsets, members=members, codes=codes,
+        strides=np.concatenate([[1], np.cumprod(sizes)[:-1]]).astype(np.int64)).items()}
+    out = torch.empty((total - 3, 12), device="cuda")
+    _backend.require_cuda().enumerate_candidates(
+        dev["base"].data_ptr(), 12, dev["positions"].data_ptr(), 12, dev["offsets"].data_ptr(),
+        dev["strides"].data_ptr(), dev["members"].data_ptr(), 4, dev["codes"].data_ptr(), 1, 3, total - 3,
+        out.data_ptr(), torch.cuda.current_stream().cuda_stream, 0)
+    np.testing.assert_array_equal(out.cpu().numpy(), expect)

@@ -163,28 +163,34 @@ CandidateSets candidate_sets(const NearestIndex& index, const float* x, PixelLay
   return out;
 }
 
+uint64_t mixed_radix_strides(const int64_t* offsets, int n_ambiguous, uint64_t* strides) {
+  uint64_t product = 1;
+  for (int j = 0; j < n_ambiguous; ++j) {
+    const int64_t radix = offsets[j + 1] - offsets[j];
+    if (radix < 1) throw std::invalid_argument("every candidate set needs at least one code");
+    strides[j] = product;
+    if (product > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(radix))
+      throw std::invalid_argument("|S(x)| exceeds 2^64: enumerate a smaller product");
+    product *= static_cast<uint64_t>(radix);
+  }
+  return product;
+}
+
 void enumerate_candidates(const float* base, int64_t image_size, const int64_t* positions, int64_t channel_stride,
                           const int64_t* offsets, const int32_t* members, int n_ambiguous, const float* codes,
                           int channels, uint64_t rank_start, int64_t count, float* out) {
-  std::vector<int32_t> radices(n_ambiguous);
-  for (int j = 0; j < n_ambiguous; ++j) {
-    radices[j] = static_cast<int32_t>(offsets[j + 1] - offsets[j]);
-    if (radices[j] < 1) throw std::invalid_argument("every candidate set needs at least one code");
-  }
-  // The last requested rank must exist in S(x).
-  if (count > 0) {
-    std::vector<int32_t> digits(n_ambiguous);
-    if (!rank_to_digits(rank_start + uint64_t(count - 1), radices.data(), n_ambiguous, digits.data()))
-      throw std::invalid_argument("rank range exceeds the size of S(x)");
-  }
+  std::vector<uint64_t> strides(n_ambiguous);
+  const uint64_t total = mixed_radix_strides(offsets, n_ambiguous, strides.data());
+  if (count > 0 && (rank_start >= total || uint64_t(count) > total - rank_start))
+    throw std::invalid_argument("rank range exceeds the size of S(x)");
   parallel_for(count, 64, [&](int64_t begin, int64_t end, int) {
-    std::vector<int32_t> digits(n_ambiguous);
     for (int64_t b = begin; b < end; ++b) {
       float* image = out + b * image_size;
       std::copy(base, base + image_size, image);
-      rank_to_digits(rank_start + uint64_t(b), radices.data(), n_ambiguous, digits.data());
+      const uint64_t rank = rank_start + uint64_t(b);
       for (int j = 0; j < n_ambiguous; ++j) {
-        const int32_t code = members[offsets[j] + digits[j]];
+        const int32_t radix = static_cast<int32_t>(offsets[j + 1] - offsets[j]);
+        const int32_t code = members[offsets[j] + mixed_radix_digit(rank, strides[j], radix)];
         for (int c = 0; c < channels; ++c) image[positions[j] + c * channel_stride] = codes[code * channels + c];
       }
     }

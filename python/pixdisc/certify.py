@@ -176,10 +176,10 @@ class _Engine:
     def _codes(self) -> np.ndarray:
         return self.codebook.codes_
 
-    def _logits(self, images: np.ndarray) -> torch.Tensor:
+    def _logits(self, images: Any) -> torch.Tensor:
         with torch.no_grad():
-            t = torch.from_numpy(images).to(self.device).reshape(-1, *self.image_shape)
-            return self.net(t)
+            t = images if isinstance(images, torch.Tensor) else torch.from_numpy(images)
+            return self.net(t.to(self.device).reshape(-1, *self.image_shape))
 
     def _image(self, sample: _Sample, codes_at_pixels: np.ndarray) -> np.ndarray:
         return self._codes[codes_at_pixels].T.reshape(-1).astype(np.float32)  # (C*P,)
@@ -207,11 +207,10 @@ class _Engine:
         members = (np.concatenate(allowed) if allowed else np.zeros(0)).astype(np.int32)
         base = self._image(sample, sample.base_codes)
         pixels = sample.base_codes.shape[0]
+        make_batch = self._batch_maker(base, sample.positions, pixels, offsets, members, sizes)
         for start in range(0, total, self.batch_size):
             count = min(self.batch_size, total - start)
-            batch = _backend._core.enumerate_candidates(base, sample.positions, pixels, offsets, members,
-                                                        self._codes, start, count)
-            wrong = (self._logits(batch).argmax(1) != sample.y).nonzero()
+            wrong = (self._logits(make_batch(start, count)).argmax(1) != sample.y).nonzero()
             if len(wrong):
                 rank = start + int(wrong[0, 0])
                 digits = []
@@ -225,6 +224,34 @@ class _Engine:
             if time.monotonic() > deadline:
                 return None, False
         return None, True
+
+    def _batch_maker(self, base: np.ndarray, positions: np.ndarray, pixels: int, offsets: np.ndarray,
+                     members: np.ndarray, sizes: np.ndarray):
+        """Returns make(start, count) -> candidate images; on a GPU they are written there directly."""
+        if not (str(self.device).startswith("cuda") and _backend.cuda_available()):
+            return lambda start, count: _backend._core.enumerate_candidates(
+                base, positions, pixels, offsets, members, self._codes, start, count)
+        cuda = _backend.require_cuda()
+        device = torch.device(self.device)
+        if float(np.prod(sizes.astype(np.float64))) >= 2.0 ** 64:
+            raise ValueError("|S(x)| exceeds 2^64: enumerate a smaller product")
+        strides = np.ones(len(sizes), np.uint64)  # mixed-radix place values, as in candidates.hpp
+        strides[1:] = np.cumprod(sizes[:-1].astype(np.uint64))
+        on_device = {name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in {
+            "base": base, "positions": positions, "offsets": offsets, "members": members,
+            "codes": self._codes, "strides": strides.view(np.int64)}.items()}
+        image_size = base.shape[0]
+
+        def make(start: int, count: int) -> torch.Tensor:
+            out = torch.empty((count, image_size), dtype=torch.float32, device=device)
+            cuda.enumerate_candidates(
+                on_device["base"].data_ptr(), image_size, on_device["positions"].data_ptr(), pixels,
+                on_device["offsets"].data_ptr(), on_device["strides"].data_ptr(), on_device["members"].data_ptr(),
+                len(sizes), on_device["codes"].data_ptr(), self._codes.shape[1], start, count, out.data_ptr(),
+                torch.cuda.current_stream(device).cuda_stream, device.index or 0)
+            return out
+
+        return make
 
     # -- counterexamples ------------------------------------------------------------------------
     def _realize(self, sample: _Sample, z: np.ndarray) -> Tuple[Optional[np.ndarray], bool]:

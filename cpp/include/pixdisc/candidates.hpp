@@ -42,15 +42,11 @@ PIXDISC_HD double true_distance(Metric metric, const float* x, long long stride,
 // so the candidate set is a superset of every reachable code.
 constexpr double kCandidateSlack = 1e-6;
 
-// Writes the digits of `rank` in the mixed radix `radices` (least significant
-// first) into `digits`; returns false when rank is beyond the product.
-PIXDISC_HD bool rank_to_digits(uint64_t rank, const int32_t* radices, int n, int32_t* digits) {
-  for (int j = 0; j < n; ++j) {
-    const uint64_t r = static_cast<uint64_t>(radices[j]);
-    digits[j] = static_cast<int32_t>(rank % r);
-    rank /= r;
-  }
-  return rank == 0;
+// Digit of `rank` at a position of a mixed radix number (least significant
+// position first): stride is the product of the radices before it. Both
+// enumerators (CPU and CUDA) decode ranks with this one function.
+PIXDISC_HD int32_t mixed_radix_digit(uint64_t rank, uint64_t stride, int32_t radix) {
+  return static_cast<int32_t>((rank / stride) % static_cast<uint64_t>(radix));
 }
 
 // Per-pixel candidate sets in CSR form: pixel p's codes are
@@ -66,6 +62,10 @@ struct CandidateSets {
 // With counts_only, members stays empty and offsets holds the running counts.
 CandidateSets candidate_sets(const NearestIndex& index, const float* x, PixelLayout layout, double eps,
                              CandidateRule rule, bool counts_only);
+
+// Strides of the mixed radix given by the candidate counts; throws when the
+// product (|S|) does not fit in 64 bits. Returns |S|.
+uint64_t mixed_radix_strides(const int64_t* offsets, int n_ambiguous, uint64_t* strides);
 
 // Fills out[b] (b < count) with base (an image of `image_size` floats) in
 // which each ambiguous pixel j takes the code members[j][digit_j] of rank
