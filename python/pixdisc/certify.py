@@ -284,25 +284,29 @@ class _Engine:
     # -- modes ----------------------------------------------------------------------------------
     def certify_samples(self, samples: List[_Sample]) -> List[_Record]:
         records: List[Optional[_Record]] = [None] * len(samples)
+        if not samples:
+            return []
+        # Batched stages report their wall time shared evenly among the samples they decide.
         started = time.monotonic()
         # Everyone: is T(x) itself classified correctly?
-        bases = np.stack([self._image(s, s.base_codes) for s in samples]) if samples else np.zeros((0, 1), np.float32)
-        predictions = self._logits(bases).argmax(1).cpu().numpy() if samples else np.zeros(0)
+        predictions = self._logits(np.stack([self._image(s, s.base_codes) for s in samples])).argmax(1).cpu().numpy()
+        share = (time.monotonic() - started) / len(samples)
         pending = []
         for i, s in enumerate(samples):
             if predictions[i] != s.y:
-                records[i] = self._failed(s, s.base_codes.copy(), 0, started)
+                records[i] = self._failed(s, s.base_codes.copy(), 0, time.monotonic() - share)
             elif not len(s.positions):
-                records[i] = _Record(s.index, "certified", 0.0, 0, 0, time.monotonic() - started)
+                records[i] = _Record(s.index, "certified", 0.0, 0, 0, share)
             else:
                 pending.append(i)
         if self.mode == "bab" and pending:
+            started = time.monotonic()
             proven = self._root_bounds([samples[i] for i in pending])
+            share = (time.monotonic() - started) / len(pending)
             for i, ok in zip(list(pending), proven):
                 if ok:
                     s = samples[i]
-                    records[i] = _Record(s.index, "certified", s.log2_size, len(s.positions), 1,
-                                         time.monotonic() - started)
+                    records[i] = _Record(s.index, "certified", s.log2_size, len(s.positions), 1, share)
             pending = [i for i in pending if records[i] is None]
         for i in pending:
             t0 = time.monotonic()
