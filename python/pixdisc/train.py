@@ -424,6 +424,9 @@ def train_certified(
     (``epoch``, ``loss``, ``accuracy`` (natural), ``verified`` (fraction of
     batch samples the training bound proves), ``eps``, ``lr``, ``seconds``).
     A checkpoint written after every epoch is resumed as in :func:`train_model`.
+    With ``codebook=None`` it is plain interval-bound training of ``F`` on the
+    eps-box around ``x`` (no discretization), the baseline certified training
+    is compared with.
     """
     from .bounds import margin_lower_bound
     from .candidates import box_hull, resolve_rule
@@ -438,7 +441,7 @@ def train_certified(
         raise ValueError(f"kappa_end must lie in [0, 1], got {kappa_end!r}")
     if bound not in ("ibp", "crown"):
         raise ValueError(f"bound must be 'ibp' or 'crown', got {bound!r}")
-    rule = resolve_rule("auto", codebook)
+    rule = resolve_rule("auto", codebook) if codebook is not None else None
     images = _as_images(x)
     labels = _as_labels(y, images.shape[0])
     sample_count = images.shape[0]
@@ -453,7 +456,8 @@ def train_certified(
         "mode": "certified", "samples": int(sample_count), "batch_size": int(batch_size), "lr": float(lr),
         "eps": float(eps), "warmup_epochs": int(warmup_epochs), "ramp_epochs": int(ramp_epochs),
         "kappa_end": float(kappa_end), "bound": bound, "lr_milestones": milestones, "lr_gamma": float(lr_gamma),
-        "codes": np.asarray(codebook.codes_).round(7).tolist(), "metric": codebook.metric, "seed": int(seed),
+        "codes": None if codebook is None else np.asarray(codebook.codes_).round(7).tolist(),
+        "metric": None if codebook is None else codebook.metric, "seed": int(seed),
     }
     keys = ("epoch", "loss", "accuracy", "verified", "eps", "lr", "seconds")
     history: dict[str, list[float]] = {key: [] for key in keys}
@@ -492,8 +496,13 @@ def train_certified(
                 current_eps = eps * ramp
                 kappa = 1.0 - (1.0 - kappa_end) * ramp
                 batch = images_np[index]
-                lower, upper = box_hull(batch, codebook, current_eps, rule=rule, channel_axis=1)
-                discrete = torch.from_numpy(np.asarray(codebook.transform(batch, channel_axis=1))).to(target_device)
+                if codebook is None:  # plain interval-bound training on the eps-box, for comparison
+                    lower = np.clip(batch - current_eps, 0, 1).astype(np.float32)
+                    upper = np.clip(batch + current_eps, 0, 1).astype(np.float32)
+                    discrete = torch.from_numpy(batch).to(target_device)
+                else:
+                    lower, upper = box_hull(batch, codebook, current_eps, rule=rule, channel_axis=1)
+                    discrete = torch.from_numpy(np.asarray(codebook.transform(batch, channel_axis=1))).to(target_device)
                 y_batch = labels[index].to(target_device)
                 model.train()
                 logits = model(discrete)
