@@ -1,7 +1,8 @@
-"""Sound output bounds of feed-forward ReLU classifiers over input boxes: interval (IBP) and CROWN bounds in pure torch."""
+"""Sound bounds of ReLU classifiers over input boxes, interval (IBP) and CROWN, in pure torch, for certification."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -36,13 +37,16 @@ _NONLINEAR: Tuple[type, ...] = (nn.ReLU, nn.MaxPool2d)
 # Affine layers that mix elements; interval arithmetic is exact through one of
 # them (and any elementwise or reshaping layers) but not through two.
 _MIXING: Tuple[type, ...] = (nn.Linear, nn.Conv2d, nn.AvgPool2d)
-# Size of the largest coefficient tensor one backward chunk may build; a
-# chunk allocates a few temporaries of this size, so peak memory is ~5x.
-_CHUNK_BYTES = 1 << 27
+# Size of the largest coefficient tensor one backward chunk may build. A
+# chunk allocates a few temporaries of this size; small chunks also stay in
+# cache (on the IBP paper's MNIST CNN, 16 MiB was faster than 128 MiB).
+_CHUNK_BYTES = 1 << 24
 # Largest matrix built to apply a conv's adjoint to patches by one GEMM.
 _PATCH_MATRIX_ELEMENTS = 1 << 22
-# Patch-mode coefficients for conv nodes (off only to cross-check in tests).
+# Patch-mode coefficients for conv nodes, and ReLU folded into the max-pool
+# after it (both off only to cross-check in tests).
 _USE_PATCHES = True
+_FUSE_RELU_POOL = True
 
 Bounds = Tuple[Tensor, Tensor]
 
@@ -56,6 +60,10 @@ def _supported_names() -> str:
 
 def _flatten_net(net: nn.Module) -> List[nn.Module]:
     """The network as a flat list of layers, nested Sequentials expanded; refuses what it cannot bound."""
+    if net._forward_hooks or net._forward_pre_hooks:
+        # A hook may rewrite inputs or outputs; the bounds would then
+        # describe a different function than the one that runs.
+        raise ValueError(f"{type(net).__name__} has forward hooks; remove them before bound propagation")
     if isinstance(net, nn.Sequential) and type(net).forward is nn.Sequential.forward:
         layers: List[nn.Module] = []
         for child in net:
@@ -107,15 +115,25 @@ def _check_box(lower: Tensor, upper: Tensor, dtype: torch.dtype) -> Bounds:
         raise ValueError(f"lower and upper must have the same shape, got {tuple(lower.shape)} and {tuple(upper.shape)}")
     if lower.dim() < 2:
         raise ValueError(f"lower/upper need a batch dimension (N, ...), got shape {tuple(lower.shape)}")
-    lower = lower.to(dtype)
-    upper = upper.to(device=lower.device, dtype=dtype)
+    upper = upper.to(lower.device)
     if not (torch.isfinite(lower).all() and torch.isfinite(upper).all()):
-        raise ValueError("lower and upper must be finite")
+        raise ValueError("lower and upper must be finite (and not NaN)")
     bad = lower > upper
     if bad.any():
         worst = (lower - upper).max().item()
         raise ValueError(f"lower > upper at {int(bad.sum())} element(s) (largest violation {worst:.3g})")
-    return lower, upper
+    return _round_outward(lower, dtype, down=True), _round_outward(upper, dtype, down=False)
+
+
+def _round_outward(values: Tensor, dtype: torch.dtype, down: bool) -> Tensor:
+    """Cast to ``dtype`` so that the box can only grow: a narrowing cast rounds to nearest, which could cut it."""
+    cast = values.to(dtype)
+    if not values.is_floating_point() or torch.finfo(values.dtype).bits <= torch.finfo(dtype).bits:
+        return cast
+    back = cast.to(values.dtype)
+    if down:
+        return torch.where(back > values, torch.nextafter(cast, torch.full_like(cast, float("-inf"))), cast)
+    return torch.where(back < values, torch.nextafter(cast, torch.full_like(cast, float("inf"))), cast)
 
 
 def _weight(layer: nn.Module, dtype: torch.dtype) -> Tensor:
@@ -213,16 +231,63 @@ class _ReluRelax:
     upper_slope: Tensor
     upper_icpt: Tensor
 
+    @functools.cached_property
+    def stacked(self) -> Tensor:
+        """The three maps along channels, (N, 3C, H, W), for a single patch gather."""
+        return torch.cat([self.lower_slope, self.upper_slope, self.upper_icpt], 1)
+
 
 @dataclass
 class _PoolRelax:
-    """Per window: ``z_j <= max <= t * z_j + c`` with ``j`` the chosen element of the window."""
+    """Per window, a lower bound of ``w * max`` as a linear function of the chosen element ``z_j``.
+
+    Plain max-pooling: ``z_j <= max <= t z_j + c``, so ``w * max >= w+ z_j +
+    w- (t z_j + c)``. After fusing the ReLU below (``_fuse_relu``) ``z_j``
+    is that ReLU's input and the slopes also carry its relaxation. In
+    general: ``w * out >= (w+ pos_slope + w- neg_slope) z_j + w- neg_icpt``.
+    """
 
     index: Tensor  # (N, C, Ho*Wo) flat input index (h*W + w) of z_j
     local: Tensor  # (N, C, Ho, Wo) position of z_j inside its window (row-major over the kernel)
-    slope: Tensor  # (N, C, Ho, Wo) t, 1 or 0
-    icpt: Tensor  # (N, C, Ho, Wo) c
+    pos_slope: Optional[Tensor]  # (N, C, Ho, Wo); None means 1
+    neg_slope: Tensor  # (N, C, Ho, Wo)
+    neg_icpt: Tensor  # (N, C, Ho, Wo)
     loose: Tensor  # (N, C, Ho*Wo) True where no element dominates the window
+
+    def pos(self) -> Tensor:
+        return torch.ones_like(self.neg_slope) if self.pos_slope is None else self.pos_slope
+
+    @functools.cached_property
+    def stacked(self) -> Tensor:
+        """local and the three maps along channels, (N, 4C, Ho, Wo); kernel positions are exact in floats."""
+        return torch.cat([self.local.to(self.neg_slope.dtype), self.pos(), self.neg_slope, self.neg_icpt], 1)
+
+
+def _fuse_relu(pool: _PoolRelax, relu: _ReluRelax) -> _PoolRelax:
+    """Fold the ReLU feeding a max-pool with disjoint windows into the pool's relaxation.
+
+    max and relu commute with nothing lost here: each ReLU output feeds one
+    window at most, so relaxing it per window equals relaxing it once, and
+    the backward pass skips a full-resolution ReLU step.
+    """
+    shape = pool.local.shape
+
+    def at_choice(values: Tensor) -> Tensor:
+        return values.flatten(2).gather(2, pool.index).reshape(shape)
+
+    # w * max >= c1 z_j + w- c with c1 = w+ + w- t, whose sign is that of w
+    # (t >= 0); then c1 relu(y_j) >= c1+ ls y_j + c1- (us y_j + ui).
+    pos_slope = at_choice(relu.lower_slope)
+    if pool.pos_slope is not None:
+        pos_slope = pos_slope * pool.pos_slope
+    neg_slope = pool.neg_slope * at_choice(relu.upper_slope)
+    neg_icpt = pool.neg_icpt + pool.neg_slope * at_choice(relu.upper_icpt)
+    return _PoolRelax(pool.index, pool.local, pos_slope, neg_slope, neg_icpt, pool.loose)
+
+
+def _disjoint_windows(layer: nn.MaxPool2d) -> bool:
+    (kh, kw), (sh, sw), _, (dh, dw) = _pool_geometry(layer)
+    return sh >= (kh - 1) * dh + 1 and sw >= (kw - 1) * dw + 1
 
 
 def _relu_relax(lower: Tensor, upper: Tensor) -> _ReluRelax:
@@ -286,8 +351,9 @@ def _pool_relax(layer: nn.MaxPool2d, lower: Tensor, upper: Tensor, out_hw: Tuple
     return _PoolRelax(
         index=index,
         local=choice.reshape(n, channels, out_h, out_w),
-        slope=slope.reshape(n, channels, out_h, out_w),
-        icpt=icpt.reshape(n, channels, out_h, out_w),
+        pos_slope=None,
+        neg_slope=slope.reshape(n, channels, out_h, out_w),
+        neg_icpt=icpt.reshape(n, channels, out_h, out_w),
         loose=(upper_others > lower_j).squeeze(-1),
     )
 
@@ -298,7 +364,9 @@ def _relaxation(layer: nn.Module, lower: Tensor, upper: Tensor, out_shape: torch
     return _pool_relax(layer, lower, upper, (out_shape[-2], out_shape[-1]))
 
 
-def _needs_refinement(layer: nn.Module, relax: Union[_ReluRelax, _PoolRelax, None], lower: Tensor, upper: Tensor) -> Tensor:
+def _needs_refinement(
+    layer: nn.Module, relax: Union[_ReluRelax, _PoolRelax, None], lower: Tensor, upper: Tensor
+) -> Tensor:
     """Elements (N, ...) whose relaxation is not already exact, so tighter bounds could help."""
     if isinstance(layer, nn.ReLU):
         return (lower < 0) & (upper > 0)
@@ -333,8 +401,8 @@ class _Patches:
     """
 
     coef: Tensor  # (n, S, C, ph, pw)
-    oy: Tensor  # (S,) long
-    ox: Tensor  # (S,) long
+    oy: Tensor  # (n_off, S) long, n_off == 1 when all samples share the placement
+    ox: Tensor  # (n_off, S) long
     height: int
     width: int
 
@@ -342,37 +410,43 @@ class _Patches:
 _State = Union[_Dense, _Patches]
 
 
-def _patch_index(oy: Tensor, ox: Tensor, ph: int, pw: int, height: int, width: int) -> Tuple[Tensor, Tuple[int, int, int, int]]:
-    """Flat index (S, ph*pw) of each patch element into the node padded by (top, bottom, left, right)."""
+def _patch_index(state: _Patches) -> Tuple[Tensor, Tuple[int, int, int, int]]:
+    """Flat index (n_off, S, ph*pw) of each patch element into the node padded by (top, bottom, left, right)."""
+    ph, pw = state.coef.shape[-2:]
+    oy, ox = state.oy, state.ox
     top = max(0, -int(oy.min()))
-    bottom = max(0, int(oy.max()) + ph - height)
+    bottom = max(0, int(oy.max()) + ph - state.height)
     left = max(0, -int(ox.min()))
-    right = max(0, int(ox.max()) + pw - width)
-    padded_w = width + left + right
-    rows = (oy + top)[:, None] + torch.arange(ph, device=oy.device)[None, :]
-    cols = (ox + left)[:, None] + torch.arange(pw, device=ox.device)[None, :]
-    index = (rows[:, :, None] * padded_w + cols[:, None, :]).reshape(oy.shape[0], ph * pw)
+    right = max(0, int(ox.max()) + pw - state.width)
+    padded_w = state.width + left + right
+    rows = (oy + top)[..., None] + torch.arange(ph, device=oy.device)
+    cols = (ox + left)[..., None] + torch.arange(pw, device=ox.device)
+    index = (rows[..., :, None] * padded_w + cols[..., None, :]).reshape(oy.shape + (ph * pw,))
     return index, (top, bottom, left, right)
 
 
 def _gather_patches(maps: Tensor, state: _Patches) -> Tensor:
     """Values of per-sample maps (N, C, H, W) under every patch: (N, S, C, ph, pw), zero off the node."""
     ph, pw = state.coef.shape[-2:]
-    index, (top, bottom, left, right) = _patch_index(state.oy, state.ox, ph, pw, state.height, state.width)
+    index, (top, bottom, left, right) = _patch_index(state)
     padded = F.pad(maps, (left, right, top, bottom)).flatten(2)
     n, channels = maps.shape[:2]
-    taken = padded.index_select(2, index.reshape(-1)).reshape(n, channels, -1, ph, pw)
-    return taken.transpose(1, 2)
+    specs = index.shape[1]
+    if index.shape[0] == 1:
+        taken = padded.index_select(2, index.reshape(-1))
+    else:
+        taken = padded.gather(2, index.reshape(n, 1, -1).expand(n, channels, -1))
+    return taken.reshape(n, channels, specs, ph, pw).transpose(1, 2)
 
 
 def _mask_patches(state: _Patches) -> _Patches:
     ph, pw = state.coef.shape[-2:]
-    rows = state.oy[:, None] + torch.arange(ph, device=state.oy.device)[None, :]
-    cols = state.ox[:, None] + torch.arange(pw, device=state.ox.device)[None, :]
-    inside = ((rows >= 0) & (rows < state.height))[:, :, None] & ((cols >= 0) & (cols < state.width))[:, None, :]
+    rows = state.oy[..., None] + torch.arange(ph, device=state.oy.device)
+    cols = state.ox[..., None] + torch.arange(pw, device=state.ox.device)
+    inside = ((rows >= 0) & (rows < state.height))[..., :, None] & ((cols >= 0) & (cols < state.width))[..., None, :]
     if bool(inside.all()):
         return state
-    coef = state.coef * inside[None, :, None].to(state.coef.dtype)
+    coef = state.coef * inside.unsqueeze(2).to(state.coef.dtype)
     return _Patches(coef, state.oy, state.ox, state.height, state.width)
 
 
@@ -380,10 +454,12 @@ def _to_dense(state: _State) -> _Dense:
     if isinstance(state, _Dense):
         return state
     n, specs, channels, ph, pw = state.coef.shape
-    index, (top, bottom, left, right) = _patch_index(state.oy, state.ox, ph, pw, state.height, state.width)
+    index, (top, bottom, left, right) = _patch_index(state)
+    n = max(n, index.shape[0])
     padded_h, padded_w = state.height + top + bottom, state.width + left + right
     dense = state.coef.new_zeros(n, specs, channels, padded_h * padded_w)
-    dense = dense.scatter_add(-1, index[None, :, None, :].expand(n, specs, channels, -1), state.coef.reshape(n, specs, channels, -1))
+    coef = state.coef.reshape(-1, specs, channels, ph * pw).expand(n, -1, -1, -1)
+    dense = dense.scatter_add(-1, index.unsqueeze(2).expand(n, specs, channels, -1), coef)
     dense = dense.reshape(n, specs, channels, padded_h, padded_w)
     return _Dense(dense[..., top : top + state.height, left : left + state.width])
 
@@ -421,7 +497,9 @@ def _conv_adjoint(coef: Tensor, layer: nn.Conv2d, weight: Tensor, in_hw: Tuple[i
     return out[..., top : top + height, left : left + width]
 
 
-def _back_affine_dense(layer: nn.Module, coef: Tensor, in_shape: torch.Size, dtype: torch.dtype) -> Tuple[Tensor, Optional[Tensor]]:
+def _back_affine_dense(
+    layer: nn.Module, coef: Tensor, in_shape: torch.Size, dtype: torch.dtype
+) -> Tuple[Tensor, Optional[Tensor]]:
     n, specs = coef.shape[:2]
     if isinstance(layer, nn.Linear):
         weight, bias = _weight(layer, dtype), _bias(layer, dtype)
@@ -474,10 +552,11 @@ def _back_pool_dense(relax: _PoolRelax, coef: Tensor, in_shape: torch.Size) -> T
     n_batch, channels, windows = relax.index.shape
     specs = coef.shape[1]
     flat = coef.reshape(coef.shape[0], specs, channels, windows)
-    slope = relax.slope.reshape(n_batch, 1, channels, windows)
-    icpt = relax.icpt.reshape(n_batch, 1, channels, windows)
+    pos_slope = relax.pos().reshape(n_batch, 1, channels, windows)
+    neg_slope = relax.neg_slope.reshape(n_batch, 1, channels, windows)
+    icpt = relax.neg_icpt.reshape(n_batch, 1, channels, windows)
     negative = flat.clamp(max=0)
-    weights = torch.addcmul(flat.clamp(min=0), negative, slope).expand(n_batch, specs, channels, windows)
+    weights = (flat.clamp(min=0) * pos_slope).addcmul_(negative, neg_slope).expand(n_batch, specs, channels, windows)
     term = (negative * icpt).sum((2, 3))
     height, width = in_shape[-2:]
     out = flat.new_zeros(n_batch, specs, channels, height * width)
@@ -485,7 +564,9 @@ def _back_pool_dense(relax: _PoolRelax, coef: Tensor, in_shape: torch.Size) -> T
     return out.reshape((n_batch, specs) + tuple(in_shape)), term
 
 
-def _back_patches(layer: nn.Module, relax: object, state: _Patches, in_shape: torch.Size, dtype: torch.dtype) -> Tuple[_Patches, Optional[Tensor]]:
+def _back_patches(
+    layer: nn.Module, relax: object, state: _Patches, in_shape: torch.Size, dtype: torch.dtype
+) -> Tuple[_Patches, Optional[Tensor]]:
     coef = state.coef
     n, specs, channels, ph, pw = coef.shape
     in_h, in_w = int(in_shape[-2]), int(in_shape[-1])
@@ -527,18 +608,18 @@ def _back_patches(layer: nn.Module, relax: object, state: _Patches, in_shape: to
         return state, None
     if isinstance(layer, nn.ReLU):
         assert isinstance(relax, _ReluRelax)
+        # One gather for the three maps: the gather is the costly part.
+        lower_slope, upper_slope, upper_icpt = _gather_patches(relax.stacked, state).chunk(3, dim=2)
         positive, negative = coef.clamp(min=0), coef.clamp(max=0)
-        out = positive * _gather_patches(relax.lower_slope, state)
-        out = out.addcmul_(negative, _gather_patches(relax.upper_slope, state))
-        term = (negative * _gather_patches(relax.upper_icpt, state)).sum((2, 3, 4))
+        out = (positive * lower_slope).addcmul_(negative, upper_slope)
+        term = (negative * upper_icpt).sum((2, 3, 4))
         return _Patches(out, state.oy, state.ox, in_h, in_w), term
     assert isinstance(layer, nn.MaxPool2d) and isinstance(relax, _PoolRelax)
     (kh, kw), (sh, sw), (pad_h, pad_w), (dh, dw) = _pool_geometry(layer)
-    local = _gather_patches(relax.local, state)
-    slope = _gather_patches(relax.slope, state)
-    icpt = _gather_patches(relax.icpt, state)
+    local, pos_slope, neg_slope, icpt = _gather_patches(relax.stacked, state).chunk(4, dim=2)
+    local = local.to(torch.long)
     negative = coef.clamp(max=0)
-    weights = torch.addcmul(coef.clamp(min=0), negative, slope)
+    weights = (coef.clamp(min=0) * pos_slope).addcmul_(negative, neg_slope)
     term = (negative * icpt).sum((2, 3, 4))
     out_h, out_w = (ph - 1) * sh + (kh - 1) * dh + 1, (pw - 1) * sw + (kw - 1) * dw + 1
     rows = torch.arange(ph, device=coef.device)[:, None] * sh + (local // kw) * dh
@@ -613,7 +694,7 @@ class _Propagator:
     # -- linear bounds
 
     def _lower(
-        self, state: _State, node: int, stop: int, nodes: List[Bounds], relax: Dict[int, object]
+        self, state: _State, node: int, stop: int, nodes: List[Bounds], relax: Dict[object, object]
     ) -> Tuple[Tensor, int]:
         """Lower bound (N, S) of ``state . x_node`` over ``nodes[stop]``, backward through layers stop..node-1.
 
@@ -624,7 +705,8 @@ class _Propagator:
         specs = state.coef.shape[1]
         peak = state.coef.shape[0] * state.coef[0, 0].numel()
         total: Union[Tensor, float] = 0.0
-        for index in reversed(range(stop, node)):
+        index = node - 1
+        while index >= stop:
             layer = self.layers[index]
             in_shape = shapes[index]
             if isinstance(state, _Patches):
@@ -632,7 +714,11 @@ class _Propagator:
                 # A patch as large as the node saves nothing; go dense.
                 if not _patchable(layer, in_shape) or ph * pw >= state.height * state.width:
                     state = _to_dense(state)
-            layer_relax = relax.get(index)
+            fused = relax.get(("fused", index))
+            # A max-pool with its ReLU folded in takes both layers at once.
+            skip = _FUSE_RELU_POOL and fused is not None and index - 1 >= stop
+            layer_relax = fused if skip else relax.get(index)
+            index -= 2 if skip else 1
             if isinstance(state, _Patches):
                 state, term = _back_patches(layer, layer_relax, state, in_shape, self.dtype)
             elif isinstance(layer_relax, _ReluRelax):
@@ -654,8 +740,9 @@ class _Propagator:
                 state = _to_dense(state)
         if isinstance(state, _Patches):
             coef = state.coef
-            value = (coef.clamp(min=0) * _gather_patches(lower, state)).sum((2, 3, 4))
-            value = value + (coef.clamp(max=0) * _gather_patches(upper, state)).sum((2, 3, 4))
+            box_lower, box_upper = _gather_patches(torch.cat([lower, upper], 1), state).chunk(2, dim=2)
+            value = (coef.clamp(min=0) * box_lower).sum((2, 3, 4))
+            value = value + (coef.clamp(max=0) * box_upper).sum((2, 3, 4))
         else:
             # Exact minimum of a linear function over the box: each
             # coefficient meets the end of the interval that lowers it.
@@ -666,7 +753,13 @@ class _Propagator:
         return value.expand(self.batch, specs), peak
 
     def _chunked(
-        self, make: Callable[[int, int], _State], units: int, node: int, stop: int, nodes: List[Bounds], relax: Dict[int, object]
+        self,
+        make: Callable[[int, int], _State],
+        units: int,
+        node: int,
+        stop: int,
+        nodes: List[Bounds],
+        relax: Dict[object, object],
     ) -> List[Tensor]:
         """Run ``_lower`` on ``make(a, b)`` for consecutive unit ranges sized to the memory budget."""
         budget = max(1, _CHUNK_BYTES * 8 // torch.finfo(self.dtype).bits)
@@ -683,9 +776,9 @@ class _Propagator:
             start = stop_unit
         return results
 
-    def spec_lower(self, A: Tensor, node: int, stop: int, nodes: List[Bounds], relax: Dict[int, object]) -> Tensor:
-        if A.shape[1] == 0:
-            return A.new_zeros(self.batch, 0)
+    def spec_lower(self, A: Tensor, node: int, stop: int, nodes: List[Bounds], relax: Dict[object, object]) -> Tensor:
+        if A.shape[1] == 0 or self.batch == 0:
+            return A.new_zeros(self.batch, A.shape[1])
         parts = self._chunked(lambda a, b: _Dense(A[:, a:b]), A.shape[1], node, stop, nodes, relax)
         return torch.cat(parts, 1)
 
@@ -695,10 +788,10 @@ class _Propagator:
 
     # -- CROWN intermediate bounds
 
-    def crown_nodes(self, intermediate: str) -> Tuple[List[Bounds], Dict[int, object]]:
+    def crown_nodes(self, intermediate: str) -> Tuple[List[Bounds], Dict[object, object]]:
         """Bounds of every layer input, refined by CROWN where that can help, and the relaxations."""
         nodes: List[Bounds] = [(self.lower, self.upper)]
-        relax: Dict[int, object] = {}
+        relax: Dict[object, object] = {}
         mixing, seen_nonlinear = 0, False
         for index, layer in enumerate(self.layers):
             lower, upper = nodes[index]
@@ -715,6 +808,9 @@ class _Propagator:
                     nodes[index] = (lower, upper)
                     out = _ibp_step(layer, lower, upper, self.dtype)
                 relax[index] = _relaxation(layer, lower, upper, out[0].shape)
+                below = relax.get(index - 1)
+                if isinstance(layer, nn.MaxPool2d) and isinstance(below, _ReluRelax) and _disjoint_windows(layer):
+                    relax[("fused", index)] = _fuse_relu(relax[index], below)
                 seen_nonlinear, mixing = True, 0
             else:
                 mixing += type(layer) in _MIXING
@@ -723,44 +819,56 @@ class _Propagator:
         return nodes, relax
 
     def _refine(
-        self, node: int, lower: Tensor, upper: Tensor, need: Tensor, nodes: List[Bounds], relax: Dict[int, object]
+        self, node: int, lower: Tensor, upper: Tensor, need: Tensor, nodes: List[Bounds], relax: Dict[object, object]
     ) -> Bounds:
-        """CROWN bounds of the needed elements of node ``node`` (union over the batch), intersected with the intervals."""
-        rows = need.flatten(1).any(0).nonzero().squeeze(1)
-        if rows.numel() == 0:
+        """CROWN bounds of the needed elements of node ``node``, intersected with the intervals.
+
+        Each sample gets its own list of elements (padded to the longest
+        with elements it does not need, whose bounds are just as sound), so
+        one image with many unstable neurons does not make the others pay.
+        """
+        flat_need = need.flatten(1)
+        counts = flat_need.sum(1)
+        widest = int(counts.max()) if counts.numel() else 0
+        if widest == 0:
             return lower, upper
+        # Needed elements first, each sample in ascending element order.
+        order = torch.argsort((~flat_need).to(torch.int8), dim=1, stable=True)[:, :widest]
         shape = self.shapes[node]
         patches = _USE_PATCHES and len(shape) == 3 and _patchable(self.layers[node - 1], self.shapes[node - 1])
         device = self.lower.device
 
         def make(a: int, b: int) -> _State:
-            chunk = rows[a:b]
-            count = chunk.numel()
+            chunk = order[:, a:b]
+            count = chunk.shape[1]
             # Each element twice: +e (its lower bound) and -e (minus its upper).
-            sign = torch.cat([torch.ones(count, dtype=self.dtype, device=device), -torch.ones(count, dtype=self.dtype, device=device)])
-            specs = torch.arange(2 * count, device=device)
-            both = torch.cat([chunk, chunk])
+            both = torch.cat([chunk, chunk], 1)
+            sign = torch.ones(1, 2 * count, dtype=self.dtype, device=device)
+            sign[:, count:] = -1
             if patches:
                 channels, height, width = (int(size) for size in shape)
-                coef = torch.zeros(1, 2 * count, channels, 1, 1, dtype=self.dtype, device=device)
-                coef[0, specs, both // (height * width), 0, 0] = sign
-                return _Patches(coef, (both // width) % height, both % width, height, width)
-            coef = torch.zeros(1, 2 * count, shape.numel(), dtype=self.dtype, device=device)
-            coef[0, specs, both] = sign
-            return _Dense(coef.reshape((1, 2 * count) + tuple(shape)))
+                coef = torch.zeros(self.batch, 2 * count, channels, dtype=self.dtype, device=device)
+                channel = (both // (height * width)).unsqueeze(2)
+                coef = coef.scatter(2, channel, sign.expand(self.batch, -1).unsqueeze(2))
+                return _Patches(coef[..., None, None], (both // width) % height, both % width, height, width)
+            coef = torch.zeros(self.batch, 2 * count, shape.numel(), dtype=self.dtype, device=device)
+            coef = coef.scatter(2, both.unsqueeze(2), sign.expand(self.batch, -1).unsqueeze(2))
+            return _Dense(coef.reshape((self.batch, 2 * count) + tuple(shape)))
 
-        parts = self._chunked(make, rows.numel(), node, 0, nodes, relax)
+        parts = self._chunked(make, widest, node, 0, nodes, relax)
         lows = torch.cat([part[:, : part.shape[1] // 2] for part in parts], 1)
         highs = torch.cat([-part[:, part.shape[1] // 2 :] for part in parts], 1)
         flat_lower, flat_upper = lower.flatten(1), upper.flatten(1)
         # Both bounds are sound, so their intersection is.
-        flat_lower = flat_lower.index_copy(1, rows, torch.maximum(flat_lower[:, rows], lows))
-        flat_upper = flat_upper.index_copy(1, rows, torch.minimum(flat_upper[:, rows], highs))
+        flat_lower = flat_lower.scatter(1, order, torch.maximum(flat_lower.gather(1, order), lows))
+        flat_upper = flat_upper.scatter(1, order, torch.minimum(flat_upper.gather(1, order), highs))
         return flat_lower.reshape(lower.shape), flat_upper.reshape(upper.shape)
 
     def crown_lower(self, A: Tensor, intermediate: str, intersect_ibp: bool) -> Tensor:
         if intermediate not in ("crown", "ibp"):
             raise ValueError(f"intermediate must be 'crown' or 'ibp', got {intermediate!r}")
+        if self.batch == 0:
+            return A.new_zeros(0, A.shape[1])
         nodes, relax = self.crown_nodes(intermediate)
         value = self.spec_lower(A, len(self.layers), 0, nodes, relax)
         if intersect_ibp:
@@ -827,9 +935,13 @@ def crown_bounds(
     result is also intersected with the interval bounds of
     ``interval_bounds``, so it is never looser than IBP.
 
-    Shapes and ``C`` as in ``interval_bounds``. Differentiable with respect to
-    the parameters; wrap calls in ``torch.no_grad()`` when no gradient is
-    needed, or autograd keeps every chunk alive.
+    Shapes, ``C`` and ``dtype`` as in ``interval_bounds``; the same caveat on
+    floating-point rounding applies. Conv layers are handled in patch form
+    (each neuron's receptive field only) and the work is chunked so that a
+    chunk's largest coefficient tensor stays near ``_CHUNK_BYTES``.
+    Differentiable with respect to the parameters; wrap calls in
+    ``torch.no_grad()`` when no gradient is needed, or autograd keeps every
+    chunk alive.
     """
     prop = _Propagator(net, lower, upper, dtype)
     A = prop.spec(C)
@@ -838,7 +950,12 @@ def crown_bounds(
     out_lower, out_upper = value[:, :specs], -value[:, specs:]
     if C is None:
         shape = (prop.batch,) + tuple(prop.shapes[-1])
-        return out_lower.reshape(shape), out_upper.reshape(shape)
+        out_lower, out_upper = out_lower.reshape(shape), out_upper.reshape(shape)
+        if intersect_ibp:
+            # Also the plain layer-by-layer intervals that interval_bounds
+            # returns, so "never looser" holds to the last bit.
+            ibp_lower, ibp_upper = prop.ibp_nodes()[-1]
+            out_lower, out_upper = torch.maximum(out_lower, ibp_lower), torch.minimum(out_upper, ibp_upper)
     return out_lower, out_upper
 
 
@@ -902,7 +1019,9 @@ def certified_by_bounds(
     """Boolean (N,): True where the bounds prove ``argmax net(x) == y`` for every x in the box.
 
     Needs every margin bound for j != y strictly positive (a tie is not a
-    proof). Runs without autograd.
+    proof, whatever the tie-break). Runs without autograd. Pass
+    ``dtype=torch.float64`` when the decision must not hinge on float32
+    rounding.
     """
     with torch.no_grad():
         margins = margin_lower_bound(
