@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "launch.hpp"
+#include "neighbourhood.hpp"
 
 namespace py = pybind11;
 using namespace pybind11::literals;
@@ -47,4 +48,21 @@ PYBIND11_MODULE(_cuda, m) {
       },
       "base"_a, "image_size"_a, "positions"_a, "channel_stride"_a, "offsets"_a, "strides"_a, "members"_a,
       "n_ambiguous"_a, "codes"_a, "channels"_a, "rank_start"_a, "count"_a, "out"_a, "stream"_a, "device"_a);
+  m.def(
+      "summed_area_table",
+      [](uintptr_t table, int channels, uintptr_t stream, int device) {
+        py::gil_scoped_release release;
+        pixdisc::cuda::summed_area_table(reinterpret_cast<int64_t*>(table), channels, stream, device);
+      },
+      "table"_a, "channels"_a, "stream"_a, "device"_a);
+  m.def(
+      "neighbourhood_query",
+      [](uintptr_t sat, int channels, uintptr_t keys, int64_t n_queries, int radius, uintptr_t out, uintptr_t stream,
+         int device) {
+        py::gil_scoped_release release;
+        pixdisc::cuda::neighbourhood_query(reinterpret_cast<const int64_t*>(sat), channels,
+                                           reinterpret_cast<const int64_t*>(keys), n_queries, radius,
+                                           reinterpret_cast<int64_t*>(out), stream, device);
+      },
+      "sat"_a, "channels"_a, "keys"_a, "n_queries"_a, "radius"_a, "out"_a, "stream"_a, "device"_a);
 }

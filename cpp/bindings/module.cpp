@@ -12,6 +12,7 @@
 #include "pixdisc/codebook.hpp"
 #include "pixdisc/histogram.hpp"
 #include "pixdisc/nearest.hpp"
+#include "pixdisc/neighbourhood.hpp"
 #include "pixdisc/parallel.hpp"
 
 namespace py = pybind11;
@@ -312,4 +313,49 @@ PYBIND11_MODULE(_core, m) {
       },
       "base"_a, "positions"_a, "channel_stride"_a, "offsets"_a, "members"_a, "codes"_a, "rank_start"_a, "count"_a,
       "A batch of candidate images z in S(x) for ranks [rank_start, rank_start + count).");
+
+  m.def(
+      "summed_area_table",
+      [](const py::array& table) {
+        auto t = require<int64_t>(table, "table");
+        int channels = 0;
+        if (t.ndim() == 1 && t.shape(0) == pixdisc::kLevels) channels = 1;
+        if (t.ndim() == 3 && t.shape(0) == pixdisc::kLevels && t.shape(1) == pixdisc::kLevels &&
+            t.shape(2) == pixdisc::kLevels)
+          channels = 3;
+        if (!channels) throw py::value_error("table must be int64 of shape (256,) or (256, 256, 256), got " + describe(table));
+        int64_t* data = t.mutable_data();
+        py::gil_scoped_release release;
+        pixdisc::summed_area_table(data, channels);
+      },
+      "table"_a, "In place: inclusive prefix sums along every axis of a (256,) or (256, 256, 256) int64 count table.");
+
+  m.def(
+      "neighbourhood_counts",
+      [](const py::array& points, const py::object& weights, const py::array& queries, int radius) {
+        auto p = require<uint8_t>(points, "points");
+        auto q = require<uint8_t>(queries, "queries");
+        if (p.ndim() != 2 || q.ndim() != 2 || p.shape(1) != q.shape(1) || (p.shape(1) != 1 && p.shape(1) != 3))
+          throw py::value_error("points and queries must be uint8 (n, C) with the same C in {1, 3}, got points " +
+                                describe(points) + " and queries " + describe(queries));
+        if (radius < 0) throw py::value_error("radius must be >= 0 levels, got " + std::to_string(radius));
+        py::array_t<int64_t, py::array::c_style> w;
+        const int64_t* weight_ptr = nullptr;
+        if (!weights.is_none()) {
+          w = require<int64_t>(weights.cast<py::array>(), "weights");
+          if (w.ndim() != 1 || w.shape(0) != p.shape(0))
+            throw py::value_error("weights must be int64 (n_points,), got " + describe(w));
+          weight_ptr = w.data();
+        }
+        const int channels = static_cast<int>(p.shape(1));
+        py::array_t<int64_t> out(q.shape(0));
+        int64_t* dst = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          pixdisc::neighbourhood_counts(p.data(), weight_ptr, p.shape(0), channels, q.data(), q.shape(0), radius, dst);
+        }
+        return out;
+      },
+      "points"_a, "weights"_a, "queries"_a, "radius"_a,
+      "Weighted number of points within radius levels (l_inf) of each query colour: int64 (n_queries,).");
 }

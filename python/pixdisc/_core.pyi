@@ -1,6 +1,6 @@
 """Type stubs for the compiled CPU module pixdisc._core (private API)."""
 
-from typing import Any, Dict, Tuple, overload
+from typing import Any, Dict, Optional, Tuple, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -46,3 +46,17 @@ def kmedoids_codebook(
 def kmeans_codebook(
     values: npt.NDArray[np.float32], weights: npt.NDArray[np.int64], k: int, seed: int, max_iter: int, tol: float
 ) -> Dict[str, Any]: ...
+def candidate_sets(
+    index: NearestIndex, x: npt.NDArray[np.float32], outer: int, channels: int, inner: int, eps: float, rule: int,
+    counts_only: bool = False,
+) -> Tuple[npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.int32]]: ...
+def enumerate_candidates(
+    base: npt.NDArray[np.float32], positions: npt.NDArray[np.int64], channel_stride: int,
+    offsets: npt.NDArray[np.int64], members: npt.NDArray[np.int32], codes: npt.NDArray[np.float32],
+    rank_start: int, count: int,
+) -> npt.NDArray[np.float32]: ...
+def summed_area_table(table: npt.NDArray[np.int64]) -> None: ...
+def neighbourhood_counts(
+    points: npt.NDArray[np.uint8], weights: Optional[npt.NDArray[np.int64]], queries: npt.NDArray[np.uint8],
+    radius: int,
+) -> npt.NDArray[np.int64]: ...
