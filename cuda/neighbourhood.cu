@@ -2,6 +2,8 @@
 // grid-stride query over the host-and-device box sum of pixdisc/neighbourhood.hpp.
 #include <cuda_runtime.h>
 
+#include "cuda_check.hpp"
+
 #include <stdexcept>
 #include <string>
 
@@ -12,27 +14,9 @@ namespace pixdisc::cuda {
 
 namespace {
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(err));
-}
-
-// Restores the caller's current device when the launcher returns.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (device != previous_) check(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
-
- private:
-  int previous_ = 0;
-};
-
-int blocks_for(int64_t n, int threads) {
-  const int64_t b = (n + threads - 1) / threads;
-  return static_cast<int>(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16);
-}
+using detail::blocks_for;
+using detail::check;
+using detail::DeviceGuard;
 
 // Inclusive scan of contiguous rows of 256 entries: one block of exactly
 // kLevels threads per row (Hillis-Steele in shared memory, 8 steps).

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "pixdisc/codebook.hpp"
+#include "pixdisc/metric.hpp"
 #include "pixdisc/parallel.hpp"
 
 namespace pixdisc {
@@ -27,15 +28,10 @@ struct SplitMix64 {
   uint64_t below(uint64_t bound) { return static_cast<uint64_t>(uniform() * double(bound)); }
 };
 
+// k-medoids minimises true distances: Euclidean (not squared) for l2.
 double distance(Metric metric, const float* a, const float* b, int channels) {
-  double acc = 0.0;
-  for (int c = 0; c < channels; ++c) {
-    const double d = std::abs(double(a[c]) - double(b[c]));
-    if (metric == Metric::linf) acc = std::max(acc, d);
-    else if (metric == Metric::l1) acc += d;
-    else acc += d * d;
-  }
-  return metric == Metric::l2 ? std::sqrt(acc) : acc;
+  const double d = fit_distance(metric, a, b, channels);
+  return metric == Metric::l2 ? std::sqrt(d) : d;
 }
 
 void check_inputs(const int64_t* weights, int64_t n, int channels, int k) {

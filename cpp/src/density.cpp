@@ -12,22 +12,12 @@
 #include <string>
 
 #include "pixdisc/codebook.hpp"
+#include "pixdisc/metric.hpp"
 #include "pixdisc/parallel.hpp"
 
 namespace pixdisc {
 
 namespace {
-
-double value_distance(Metric metric, const float* a, const float* b, int channels) {
-  double acc = 0.0;
-  for (int c = 0; c < channels; ++c) {
-    const double d = std::abs(double(a[c]) - double(b[c]));
-    if (metric == Metric::linf) acc = std::max(acc, d);
-    else if (metric == Metric::l1) acc += d;
-    else acc += d * d;
-  }
-  return acc;  // squared for l2
-}
 
 // The values that are still "remaining", bucketed by grid cell in CSR form:
 // cell c owns slots [begin[c], begin[c] + active[c]) of `members`, and a
@@ -237,7 +227,7 @@ DensityResult density_codebook(const float* values, const int64_t* weights, int6
         const float* p = values + i * channels;
         double s = 0.0;
         grid.for_each_near(p, support, [&](int32_t j) {
-          s += kernel_weight(value_distance(metric, p, values + int64_t(j) * channels, channels)) * double(weights[j]);
+          s += kernel_weight(fit_distance(metric, p, values + int64_t(j) * channels, channels)) * double(weights[j]);
         });
         density[i] = s;
       }
@@ -264,7 +254,7 @@ DensityResult density_codebook(const float* values, const int64_t* weights, int6
     result.densities.push_back(density[best]);
     round_removed.clear();
     grid.for_each_near(code, r, [&](int32_t j) {
-      if (value_distance(metric, code, values + int64_t(j) * channels, channels) <= r_cmp) round_removed.push_back(j);
+      if (fit_distance(metric, code, values + int64_t(j) * channels, channels) <= r_cmp) round_removed.push_back(j);
     });
     int64_t covered = 0;
     for (int32_t j : round_removed) {
@@ -279,7 +269,7 @@ DensityResult density_codebook(const float* values, const int64_t* weights, int6
     for (int32_t q : round_removed) {
       const float* qv = values + int64_t(q) * channels;
       grid.for_each_near(qv, support, [&](int32_t p) {
-        const double w = kernel_weight(value_distance(metric, qv, values + int64_t(p) * channels, channels));
+        const double w = kernel_weight(fit_distance(metric, qv, values + int64_t(p) * channels, channels));
         if (w > 0.0) {
           density[p] -= w * double(weights[q]);
           tree->refresh(p);

@@ -66,6 +66,19 @@ PIXDISC_HD int nearest_in_list(const float* x, long long x_stride, const float* 
   return best;
 }
 
+// Distance between two contiguous pixels in double, as codebook fitting uses
+// it: squared for l2 (so "dist <= r" compares d^2 <= r^2).
+PIXDISC_HD double fit_distance(Metric metric, const float* a, const float* b, int channels) {
+  double acc = 0.0;
+  for (int c = 0; c < channels; ++c) {
+    const double d = fabs(double(a[c]) - double(b[c]));
+    if (metric == Metric::linf) acc = d > acc ? d : acc;
+    else if (metric == Metric::l1) acc += d;
+    else acc += d * d;
+  }
+  return acc;
+}
+
 // A pixel value is valid when it lies in [0, 1]; NaN fails both comparisons.
 PIXDISC_HD bool in_unit_range(float v) { return v >= 0.0f && v <= 1.0f; }
 
