@@ -124,6 +124,46 @@ def _load_checkpoint(
     return checkpoint
 
 
+def _resume_training(
+    checkpoint_file: Path | None,
+    device: torch.device,
+    config: dict[str, Any],
+    epochs: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: dict[str, list[float]],
+) -> tuple[dict[str, list[float]], int]:
+    """Load a matching checkpoint into model and optimizer; returns (history, first epoch to run)."""
+    if checkpoint_file is None or not checkpoint_file.exists():
+        return history, 0
+    checkpoint = _load_checkpoint(checkpoint_file, device, config, epochs)
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{checkpoint_file} does not fit this model/optimizer: {reason}") from None
+    restored = {key: list(values) for key, values in checkpoint.get("history", history).items()}
+    return restored, int(checkpoint["epoch"])
+
+
+def _save_training(
+    checkpoint_file: Path | None,
+    epoch: int,
+    config: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: dict[str, list[float]],
+) -> None:
+    if checkpoint_file is None:
+        return
+    _atomic_torch_save(
+        {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch, "config": json.dumps(config),
+         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history},
+        checkpoint_file,
+    )
+
+
 def train_model(
     model: nn.Module,
     x: Tensor | np.ndarray,
@@ -222,18 +262,9 @@ def train_model(
         "seed": int(seed),
     }
     history: dict[str, list[float]] = {"epoch": [], "loss": [], "accuracy": [], "lr": [], "seconds": []}
-    start_epoch = 0
     checkpoint_file = Path(checkpoint_path) if checkpoint_path is not None else None
-    if checkpoint_file is not None and checkpoint_file.exists():
-        checkpoint = _load_checkpoint(checkpoint_file, target_device, config, epochs)
-        try:
-            model.load_state_dict(checkpoint["model"])
-            training_optimizer.load_state_dict(checkpoint["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"{checkpoint_file} does not fit this model/optimizer: {reason}") from None
-        history = {key: list(values) for key, values in checkpoint.get("history", history).items()}
-        start_epoch = int(checkpoint["epoch"])
+    history, start_epoch = _resume_training(checkpoint_file, target_device, config, epochs, model,
+                                            training_optimizer, history)
 
     with _private_rng(target_device):
         for epoch in range(start_epoch, epochs):
@@ -279,19 +310,7 @@ def train_model(
             history["accuracy"].append(correct / seen)
             history["lr"].append(epoch_lr)
             history["seconds"].append(time.perf_counter() - started)
-            if checkpoint_file is not None:
-                _atomic_torch_save(
-                    {
-                        "format": CHECKPOINT_FORMAT,
-                        "version": CHECKPOINT_VERSION,
-                        "epoch": epoch + 1,
-                        "config": json.dumps(config),
-                        "model": model.state_dict(),
-                        "optimizer": training_optimizer.state_dict(),
-                        "history": history,
-                    },
-                    checkpoint_file,
-                )
+            _save_training(checkpoint_file, epoch + 1, config, model, training_optimizer, history)
     model.eval()
     return model, history
 
@@ -461,17 +480,8 @@ def train_certified(
     }
     keys = ("epoch", "loss", "accuracy", "verified", "eps", "lr", "seconds")
     history: dict[str, list[float]] = {key: [] for key in keys}
-    start_epoch = 0
     checkpoint_file = Path(checkpoint_path) if checkpoint_path is not None else None
-    if checkpoint_file is not None and checkpoint_file.exists():
-        checkpoint = _load_checkpoint(checkpoint_file, target_device, config, epochs)
-        try:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as error:
-            raise ValueError(f"{checkpoint_file} does not fit this model/optimizer: {error}") from None
-        history = {key: list(values) for key, values in checkpoint.get("history", history).items()}
-        start_epoch = int(checkpoint["epoch"])
+    history, start_epoch = _resume_training(checkpoint_file, target_device, config, epochs, model, optimizer, history)
 
     steps_per_epoch = math.ceil(sample_count / batch_size)
     ramp_steps = max(1, ramp_epochs * steps_per_epoch)
@@ -525,12 +535,6 @@ def train_certified(
             for key, value in zip(keys, (epoch + 1, loss_sum / seen, correct / seen, verified / seen, current_eps,
                                          epoch_lr, time.perf_counter() - started)):
                 history[key].append(value)
-            if checkpoint_file is not None:
-                _atomic_torch_save(
-                    {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch + 1,
-                     "config": json.dumps(config), "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "history": history},
-                    checkpoint_file,
-                )
+            _save_training(checkpoint_file, epoch + 1, config, model, optimizer, history)
     model.eval()
     return model, history
