@@ -30,8 +30,3 @@ def codes_k300(cifar_train_images):
 
     return pixdisc.DensityCodebook(300, 16 / 255).fit(cifar_train_images[:5000]).codes_
 
-
-def sync_cuda():
-    import torch
-
-    torch.cuda.synchronize()

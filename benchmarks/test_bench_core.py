@@ -9,7 +9,7 @@ import pytest
 import pixdisc
 from pixdisc import _backend
 
-from conftest import sync_cuda
+from timing import sync_cuda
 
 CUDA = pixdisc.cuda_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device")
