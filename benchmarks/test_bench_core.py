@@ -84,7 +84,8 @@ def numpy_density_codebook(images, k, r):
         if density[best] < 0:
             break
         codes.append(values[best])
-        near = np.abs(values - values[best]).max(axis=1) <= r
+        # pixdisc's rule: float64 distances, within 1e-6 of r counts as <= r.
+        near = np.abs(values.astype(np.float64) - values[best].astype(np.float64)).max(axis=1) <= r + 1e-6
         density[near] = -1
     return np.array(codes)
 
@@ -116,9 +117,11 @@ def test_nearest_ckdtree(benchmark, rgb_float_pixels, codes_k300):
     from scipy.spatial import cKDTree
 
     tree = cKDTree(codes_k300)
-    _, index = benchmark.pedantic(lambda: tree.query(rgb_float_pixels, p=np.inf, workers=-1), rounds=1)
-    agree = (index == pixdisc.Codebook(codes_k300).assign(rgb_float_pixels)).mean()
-    assert agree > 0.999  # differs only on exact ties
+    distance, _ = benchmark.pedantic(lambda: tree.query(rgb_float_pixels, p=np.inf, workers=-1), rounds=1)
+    # l_inf ties between codes are common, and each tool breaks them its own way: compare distances.
+    ours = pixdisc.Codebook(codes_k300).assign(rgb_float_pixels)
+    our_distance = np.abs(rgb_float_pixels - codes_k300[ours]).max(axis=1)
+    np.testing.assert_allclose(our_distance, distance, atol=1e-6)
 
 
 @pytest.mark.benchmark(group="nearest code, 10M RGB float32 pixels, k=300, linf")

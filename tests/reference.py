@@ -56,7 +56,8 @@ def density_codebook(values, counts, k, r, metric="linf", kernel="identity", ban
     values = np.asarray(values, dtype=np.float32)
     counts = np.asarray(counts, dtype=np.float64)
     remaining = np.ones(len(values), dtype=bool)
-    sq = (lambda v: v * v) if metric == "l2" else (lambda v: v)
+    tolerance = 1e-6  # distances within 1e-6 of r count as <= r (float32 images of k/255)
+    sq = (lambda v: (v + tolerance) ** 2) if metric == "l2" else (lambda v: v + tolerance)
     codes = []
     for _ in range(k):
         if not remaining.any():

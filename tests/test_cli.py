@@ -41,3 +41,128 @@ def test_codes_errors_are_messages(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["codes", "--method", "bogus"])
     assert exc.value.code == 2
+
+
+# --- the torch commands: train, attack, errors, exit codes ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def _single_torch_thread():
+    """Tiny models run fastest on one thread, and the test machine is shared: restore the setting after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def digits_models(tmp_path_factory, _single_torch_thread):
+    """Codes, a natural model and a disc_nat_re model on sklearn's digits, made through the CLI."""
+    folder = tmp_path_factory.mktemp("cli-digits")
+    codes, natural, retrained = folder / "codes.npz", folder / "nat.pt", folder / "disc.pt"
+    assert cli.main(["codes", "--dataset", "digits", "-k", "2", "-r", "0.6", "-o", str(codes), "--json"]) == 0
+    assert cli.main(["train", "--dataset", "digits", "--epochs", "3", "--lr", "3e-3", "-o", str(natural), "-q"]) == 0
+    assert cli.main(["train", "--dataset", "digits", "--setting", "disc_nat_re", "--codebook", str(codes),
+                     "--base", str(natural), "--epochs", "1", "-o", str(retrained), "-q"]) == 0
+    return folder
+
+
+def test_train_then_attack_round_trip(digits_models, tmp_path, capsys, _single_torch_thread):
+    capsys.readouterr()
+    natural = digits_models / "nat.pt"
+    assert cli.main(["attack", str(natural), "--steps", "5", "--step-size", "0.1", "--limit", "100", "--json"]) == 0
+    bare = json.loads(capsys.readouterr().out)
+    assert bare["dataset"] == "digits" and bare["defense"] is None and bare["n"] == 100
+    assert bare["clean_accuracy"] > 0.5
+    assert bare["robust_accuracy"] <= bare["clean_accuracy"]
+    assert list(bare["robust_after"]) == ["pgd_ce", "pgd_cw", "adam_sign"]
+    # The same network behind the codebook: BPDA attack through the defense.
+    assert cli.main(["attack", str(natural), "--codebook", str(digits_models / "codes.npz"), "--attacks",
+                     "pgd_ce", "--steps", "5", "--step-size", "0.1", "--limit", "100", "--json"]) == 0
+    defended = json.loads(capsys.readouterr().out)
+    assert defended["defense"]["codes_255"] == [[0], [255]]
+    assert list(defended["robust_after"]) == ["pgd_ce"]
+    # A disc_*_re model file records its defense; --no-defense attacks the bare network.
+    assert cli.main(["attack", str(digits_models / "disc.pt"), "--steps", "2", "--step-size", "0.1",
+                     "--limit", "30"]) == 0
+    text = capsys.readouterr().out
+    assert "behind discretization" in text and "robust (worst case)" in text
+    assert cli.main(["attack", str(digits_models / "disc.pt"), "--no-defense", "--steps", "2", "--step-size", "0.1",
+                     "--limit", "30", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["defense"] is None
+
+
+def test_train_adversarial_with_checkpoint_resumes(tmp_path, capsys, _single_torch_thread):
+    checkpoint, model = tmp_path / "run.ckpt", tmp_path / "adv.pt"
+    args = ["train", "--dataset", "digits", "--mode", "adversarial", "--steps", "2", "--step-size", "0.15",
+            "--limit", "200", "--test-limit", "50", "--checkpoint", str(checkpoint), "-o", str(model), "--json"]
+    assert cli.main([*args, "--epochs", "1"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["setting"] == "adv_pre" and checkpoint.exists()
+    assert cli.main([*args, "--epochs", "2"]) == 0  # resumes at epoch 1
+    second = json.loads(capsys.readouterr().out)
+    assert second["history"]["epoch"] == [1, 2]
+    assert second["history"]["loss"][0] == first["history"]["loss"][0]
+
+
+def test_model_and_codebook_errors_name_the_file(digits_models, tmp_path, capsys):
+    natural = digits_models / "nat.pt"
+    capsys.readouterr()
+    assert cli.main(["attack", str(tmp_path / "missing.pt")]) == 1
+    assert "missing.pt" in capsys.readouterr().err
+    (tmp_path / "garbage.pt").write_bytes(b"not a model at all")
+    assert cli.main(["attack", str(tmp_path / "garbage.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "garbage.pt" in err and "Traceback" not in err
+    (tmp_path / "truncated.pt").write_bytes(natural.read_bytes()[:2000])
+    assert cli.main(["attack", str(tmp_path / "truncated.pt")]) == 1
+    assert "truncated.pt" in capsys.readouterr().err
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    assert cli.main(["attack", str(natural), "--codebook", str(tmp_path / "bad.npz")]) == 1
+    assert "bad.npz" in capsys.readouterr().err
+    (tmp_path / "cut.npz").write_bytes((digits_models / "codes.npz").read_bytes()[:300])
+    assert cli.main(["attack", str(natural), "--codebook", str(tmp_path / "cut.npz")]) == 1
+    assert "cut.npz" in capsys.readouterr().err
+    assert cli.main(["attack", str(natural), "--codebook", str(tmp_path / "nope.npz")]) == 1
+    assert "nope.npz" in capsys.readouterr().err
+    assert cli.main(["train", "--dataset", "digits", "--setting", "disc_nat_re", "--codebook",
+                     str(tmp_path / "bad.npz"), "-o", str(tmp_path / "m.pt")]) == 1
+    assert "bad.npz" in capsys.readouterr().err
+
+
+def test_data_and_shape_errors_are_messages(digits_models, tmp_path, capsys):
+    natural = digits_models / "nat.pt"
+    capsys.readouterr()
+    # A model for 8x8 digits on 28x28 MNIST: a message, not a traceback from inside torch.
+    assert cli.main(["attack", str(natural), "--dataset", "mnist5k", "--limit", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "does not accept images of shape (1, 28, 28)" in err and "Traceback" not in err
+    # Missing data: where we looked and how to get it.
+    assert cli.main(["attack", str(natural), "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "IDX" in err
+    assert cli.main(["train", "--dataset", "cifar10", "-o", str(tmp_path / "m.pt")]) == 1
+    assert "--data-dir" in capsys.readouterr().err
+    assert cli.main(["train", "--dataset", "digits", "--setting", "disc_adv_re", "-o", str(tmp_path / "m.pt")]) == 1
+    assert "--codebook" in capsys.readouterr().err
+    assert cli.main(["attack", str(natural), "--attacks", "fgsm"]) == 1
+    assert "--attacks" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--dataset", "imagenet_dev"]) == 1
+    assert "-k and -r" in capsys.readouterr().err
+    for usage in (["attack"], ["train", "--setting", "bogus"], ["demo", "--bogus"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(usage)
+        assert exc.value.code == 2
+
+
+def test_interrupt_exits_130(monkeypatch, tmp_path, capsys):
+    import pixdisc.experiments
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pixdisc.experiments, "run_demo", interrupted)
+    assert cli.main(["demo", "--out", str(tmp_path / "demo")]) == 130
+    assert "interrupted" in capsys.readouterr().err

@@ -19,6 +19,8 @@ namespace pixdisc {
 
 namespace {
 
+constexpr double kFitTolerance = 1e-6;
+
 // The values that are still "remaining", bucketed by grid cell in CSR form:
 // cell c owns slots [begin[c], begin[c] + active[c]) of `members`, and a
 // removal swaps the value with the cell's last active one, so scans only
@@ -209,7 +211,10 @@ DensityResult density_codebook(const float* values, const int64_t* weights, int6
   // Kernel support in the metric's units (squared for l2, like the distances).
   const double support = kernel == Kernel::identity ? 0.0 : kernel == Kernel::box ? bandwidth : 4.0 * bandwidth;
   auto as_metric = [&](double d) { return metric == Metric::l2 ? d * d : d; };
-  const double r_cmp = as_metric(r), support_cmp = as_metric(support);
+  // Pixel values are float32 images of reals such as k/255: a distance within
+  // kFitTolerance of r counts as <= r, so 8-bit data exactly r*255 levels away
+  // is removed, as in exact arithmetic.
+  const double r_cmp = as_metric(r + kFitTolerance), support_cmp = as_metric(support + kFitTolerance);
   auto kernel_weight = [&](double d) {  // d in metric units (squared for l2)
     if (kernel == Kernel::box) return d <= support_cmp ? 1.0 : 0.0;
     if (d > support_cmp) return 0.0;

@@ -178,7 +178,8 @@ bool radix_histogram3(const Source& src, PixelLayout layout, Histogram& result) 
     }
   }
   bucket_begin[kBuckets] = pos;
-  std::vector<uint16_t> low(n);
+  // Uninitialised on purpose: every slot is written by the scatter below.
+  std::unique_ptr<uint16_t[]> low(new uint16_t[static_cast<size_t>(n)]);
   parallel_for(n, 1 << 18, [&](int64_t begin, int64_t end, int w) {
     auto& cursor = start[w];
     for_each_key(begin, end, w, [&](uint32_t key) { low[cursor[key >> 16]++] = static_cast<uint16_t>(key); });
@@ -190,6 +191,10 @@ bool radix_histogram3(const Source& src, PixelLayout layout, Histogram& result) 
     for (int64_t b = b_begin; b < b_end; ++b) {
       std::fill(table.begin(), table.end(), 0u);
       for (int64_t p = bucket_begin[b]; p < bucket_begin[b + 1]; ++p) ++table[low[p]];
+      size_t distinct = 0;
+      for (uint32_t v = 0; v < (1u << 16); ++v) distinct += table[v] != 0;
+      bucket_keys[b].reserve(distinct);
+      bucket_counts[b].reserve(distinct);
       for (uint32_t v = 0; v < (1u << 16); ++v) {
         if (!table[v]) continue;
         bucket_keys[b].push_back(static_cast<uint32_t>(b << 16) | v);

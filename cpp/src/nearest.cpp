@@ -30,6 +30,77 @@ void check_workers(const std::vector<BadValue>& bad) {
     if (b.found) throw_bad_value(b.value);
 }
 
+// A gray uint8 discretization is a step function of the byte value. With at
+// most kMaxSteps steps it is computed as base + sum_j (v > t_j ? d_j : 0) in
+// byte arithmetic (wrapping, so the telescoping sum is exact): branch-free
+// code the compiler vectorises with plain SSE2, running at memory bandwidth,
+// where a 256-entry table lookup is a scalar gather per byte.
+class StepMap {
+ public:
+  static constexpr int kMaxSteps = 15;
+
+  static StepMap from_lut(const uint8_t* lut) {
+    StepMap m;
+    m.base_ = lut[0];
+    for (int v = 1; v < 256; ++v) {
+      if (lut[v] == lut[v - 1]) continue;
+      if (m.steps_ == kMaxSteps) {
+        m.steps_ = -1;  // too many steps: use the table
+        return m;
+      }
+      m.thresholds_[m.steps_] = static_cast<uint8_t>(v - 1);
+      m.deltas_[m.steps_] = static_cast<uint8_t>(lut[v] - lut[v - 1]);
+      ++m.steps_;
+    }
+    return m;
+  }
+
+  // False when the map has too many steps (the caller then uses the table).
+  bool apply(const uint8_t* x, uint8_t* out, int64_t n) const {
+    switch (steps_) {
+      case 0: std::memset(out, base_, static_cast<size_t>(n)); return true;
+      case 1: run<1>(x, out, n); return true;
+      case 2: run<2>(x, out, n); return true;
+      case 3: run<3>(x, out, n); return true;
+      case 4: run<4>(x, out, n); return true;
+      case 5: run<5>(x, out, n); return true;
+      case 6: run<6>(x, out, n); return true;
+      case 7: run<7>(x, out, n); return true;
+      case 8: run<8>(x, out, n); return true;
+      default: break;
+    }
+    if (steps_ < 0) return false;
+    run<kMaxSteps>(x, out, n);  // unused trailing steps have t=255: v > 255 never holds
+    return true;
+  }
+
+ private:
+  int steps_ = 0;
+  uint8_t base_ = 0;
+  uint8_t thresholds_[kMaxSteps + 1] = {};
+  uint8_t deltas_[kMaxSteps + 1] = {};
+
+  StepMap() {
+    for (auto& t : thresholds_) t = 255;
+  }
+
+  template <int R>
+  void run(const uint8_t* __restrict x, uint8_t* __restrict out, int64_t n) const {
+    uint8_t t[R], d[R];
+    for (int j = 0; j < R; ++j) {
+      t[j] = thresholds_[j];
+      d[j] = deltas_[j];
+    }
+    const uint8_t base = base_;
+    for (int64_t p = 0; p < n; ++p) {
+      const uint8_t v = x[p];
+      uint8_t o = base;
+      for (int j = 0; j < R; ++j) o = static_cast<uint8_t>(o + (v > t[j] ? d[j] : 0));
+      out[p] = o;
+    }
+  }
+};
+
 }  // namespace
 
 void NearestIndex::build_grid() {
@@ -140,9 +211,12 @@ void NearestIndex::run_u8_t(const uint8_t* x, PixelLayout layout, int32_t* index
       lut_index[v] = nearest_t<M, 1>(&f, 1);
       lut_value[v] = codes_u8_[lut_index[v]];
     }
+    const StepMap steps = StepMap::from_lut(lut_value);
     parallel_for(layout.pixels(), 1 << 16, [&](int64_t begin, int64_t end, int) {
-      if (out)
-        for (int64_t p = begin; p < end; ++p) out[p] = lut_value[x[p]];
+      if (out) {
+        if (!steps.apply(x + begin, out + begin, end - begin))
+          for (int64_t p = begin; p < end; ++p) out[p] = lut_value[x[p]];
+      }
       if (index)
         for (int64_t p = begin; p < end; ++p) index[p] = lut_index[x[p]];
     });

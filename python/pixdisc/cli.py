@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 __all__ = ["main", "build_parser"]
 
-# Exit codes: 0 success, 1 a data/input problem (message on stderr), 2 bad usage (argparse).
-EXIT_OK, EXIT_INPUT_ERROR, EXIT_USAGE = 0, 1, 2
+# Exit codes: 0 success, 1 a data/input problem (message on stderr), 2 bad usage
+# (argparse), 130 interrupted (Ctrl-C, the shell's 128 + SIGINT).
+EXIT_OK, EXIT_INPUT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class CommandError(Exception):
@@ -108,7 +110,499 @@ def _add_codes(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_codes)
 
 
-_SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [_add_codes]
+# ----------------------------------------------------------------------------
+# Helpers shared by the torch commands (train, attack, evaluate, demo). torch
+# is imported inside them so that `pixdisc codes` works without it.
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    # Bars go to stderr; they are off for --quiet, and for --json so that a
+    # pipeline sees nothing but the report.
+    return not (getattr(args, "quiet", False) or getattr(args, "json", False))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _dataset_key(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def _load_codebook_file(path: Path):
+    import zipfile
+
+    from . import load_codebook
+
+    if path.suffix == ".npz" and path.is_file():
+        # Check the archive first: np.load leaks its file handle on a truncated .npz.
+        try:
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise CommandError(f"{path} is not a valid pixdisc codebook (not a complete .npz archive: "
+                               f"{_first_line(exc)})") from None
+        if damaged is not None:
+            raise CommandError(f"{path} is not a valid pixdisc codebook (damaged member {damaged})")
+    try:
+        return load_codebook(path)
+    except FileNotFoundError as exc:
+        raise CommandError(f"codebook file not found: {path} (make one with `pixdisc codes ... -o {path}`)") from exc
+    except ValueError as exc:
+        raise CommandError(_first_line(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - e.g. zipfile.BadZipFile from a truncated .npz
+        raise CommandError(f"{path} is not a valid pixdisc codebook ({_first_line(exc)})") from exc
+
+
+def _load_model_file(path: Path, device: Optional[str]) -> Tuple[Any, Dict[str, Any]]:
+    from .models import load_model
+
+    try:
+        model, meta = load_model(path, map_location=device or "cpu", return_meta=True)
+    except FileNotFoundError as exc:
+        raise CommandError(f"model file not found: {path} (train one with `pixdisc train -o {path}`)") from exc
+    except ValueError as exc:
+        raise CommandError(_first_line(exc)) from exc
+    return model, meta if isinstance(meta, dict) else {}
+
+
+def _load_split(dataset: str, data_dir: Optional[Path], split: str, limit: Optional[int]):
+    """(x, y, dataset) of one split as float NCHW / int64 tensors; ``limit`` keeps a prefix (the splits are shuffled)."""
+    import torch
+
+    from . import datasets
+
+    if limit is not None and limit < 1:
+        raise CommandError(f"--limit must be >= 1, got {limit}")
+    data = datasets.load_dataset(dataset, data_dir)
+    images, labels = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    if len(images) == 0:
+        raise CommandError(f"{dataset}: the {split} split is empty")
+    return torch.from_numpy(datasets.as_float_nchw(images)), torch.from_numpy(labels), data
+
+
+def _check_model_fits(model: Any, x: Any, num_classes: int, what: str) -> None:
+    """Run the model on one image so that a shape mismatch is a message, not a traceback from inside torch."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            logits = model.eval()(x[:1].to(next(iter(model.parameters())).device))
+    except (RuntimeError, ValueError) as exc:
+        raise CommandError(f"{what} does not accept images of shape {tuple(x.shape[1:])} "
+                           f"({_first_line(exc)})") from None
+    if logits.ndim != 2 or logits.shape[1] < num_classes:
+        raise CommandError(f"{what} returns {tuple(logits.shape[1:])} outputs per image, but the data set "
+                           f"has {num_classes} classes")
+
+
+def _defense_from_meta(meta: Dict[str, Any]):
+    from .codebook import Codebook
+
+    spec = meta.get("defense")
+    if not isinstance(spec, dict) or "codes" not in spec:
+        return None
+    try:
+        return Codebook(np.asarray(spec["codes"], dtype=np.float32), metric=spec.get("metric", "linf"))
+    except (TypeError, ValueError) as exc:
+        raise CommandError(f"the model file's recorded defense is damaged: {_first_line(exc)}") from exc
+
+
+def _attack_budget(dataset: str, eps: Optional[float], steps: Optional[int],
+                   step_size: Optional[float]) -> Tuple[float, int, float]:
+    from .attacks import PAPER_BUDGETS
+    from .experiments import DATASET_DEFAULTS
+
+    defaults = DATASET_DEFAULTS.get(_dataset_key(dataset))
+    budget = PAPER_BUDGETS[defaults["budget"]] if defaults else None
+    if budget is None and None in (eps, steps, step_size):
+        raise CommandError(f"no paper budget for data set {dataset!r}: pass --eps, --steps and --step-size")
+    eps = float(budget["eps"]) if eps is None else eps
+    steps = int(budget["steps"]) if steps is None else steps
+    step_size = float(budget["step_size"]) if step_size is None else step_size
+    if eps < 0 or steps < 0 or step_size < 0:
+        raise CommandError("--eps, --steps and --step-size must be >= 0")
+    return eps, steps, step_size
+
+
+def _parse_attacks(text: str) -> List[str]:
+    from .experiments import ATTACK_LABELS
+
+    names = [name.strip().replace("-", "_").lower() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ATTACK_LABELS]
+    if unknown or not names:
+        raise CommandError(f"--attacks takes a comma-separated list of {', '.join(ATTACK_LABELS)}; got {text!r}")
+    return names
+
+
+def _percent(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _emit(args: argparse.Namespace, report: Dict[str, Any], text: List[str]) -> None:
+    if args.json:
+        print(json.dumps(report, allow_nan=False, default=str))
+    else:
+        print("\n".join(text))
+
+
+# ----------------------------------------------------------------------------
+# train
+
+
+# Which of PAPER_TRAINING's recipes (attack eps/steps/step size) a data set uses.
+_TRAINING_RECIPE = {"mnist5k": "mnist", "mnist": "mnist", "digits": "mnist", "fashion_mnist": "fashion_mnist",
+                    "cifar10": "cifar10", "gtsrb": "cifar10"}
+
+
+def _resolve_setting(args: argparse.Namespace) -> str:
+    if args.setting is not None:
+        return args.setting
+    mode = args.mode or "natural"
+    prefix = "nat" if mode == "natural" else "adv"
+    # A codebook with --mode means training on discretized images (the paper's "re-trained").
+    return f"disc_{prefix}_re" if args.codebook is not None else f"{prefix}_pre"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one model for a setting (or mode) and write it with save_model."""
+    from . import __version__
+    from .discretize import Discretize
+    from .models import predict, save_model
+    from .train import PAPER_TRAINING, train_setting
+
+    setting = _resolve_setting(args)
+    defended = setting.startswith("disc_")
+    if defended and args.codebook is None:
+        raise CommandError(f"setting {setting} needs --codebook FILE (make one with `pixdisc codes`)")
+    if not defended and args.codebook is not None:
+        raise CommandError(f"setting {setting} has no defense; drop --codebook or pick a disc_* setting")
+    if args.epochs < 0:
+        raise CommandError(f"--epochs must be >= 0, got {args.epochs}")
+    if args.base is not None and not defended:
+        raise CommandError(f"{setting} trains a network from scratch; --base is for the disc_* settings "
+                           "(disc_*_pre reuse it as is, disc_*_re start from it)")
+    x_train, y_train, data = _load_split(args.dataset, args.data_dir, "train", args.limit)
+    x_test, y_test, _ = _load_split(args.dataset, args.data_dir, "test", args.test_limit)
+    codebook = defense = None
+    if defended:
+        codebook = _load_codebook_file(args.codebook)
+        if codebook.n_channels != x_train.shape[1]:
+            raise CommandError(f"{args.codebook} has {codebook.n_channels}-channel codes but {data.name} images have "
+                               f"{x_train.shape[1]} channel(s)")
+        defense = Discretize(codebook, bpda=args.bpda, alpha=args.alpha)
+    base = None
+    if args.base is not None:
+        base, _ = _load_model_file(args.base, args.device)
+        _check_model_fits(base, x_train, data.num_classes, str(args.base))
+    recipe = PAPER_TRAINING[_TRAINING_RECIPE.get(_dataset_key(args.dataset), "mnist")]
+    adversarial = {
+        "eps": recipe["eps"] if args.eps is None else args.eps,
+        "attack_steps": recipe["attack_steps"] if args.steps is None else args.steps,
+        "step_size": recipe["step_size"] if args.step_size is None else args.step_size,
+    }
+    started = time.perf_counter()
+    model, history = train_setting(
+        setting, x_train, y_train, defense=defense, arch=args.arch, num_classes=data.num_classes, base=base,
+        epochs=args.epochs, seed=args.seed, return_history=True, batch_size=args.batch_size, lr=args.lr,
+        progress=_progress(args), device=args.device, checkpoint_path=args.checkpoint, **adversarial,
+    )
+    seconds = time.perf_counter() - started
+    test_accuracy = float((predict(model, x_test) == y_test).float().mean())
+    network = model[1] if defended else model
+    arch = getattr(network, "_pixdisc_arch", {}).get("name", args.arch)  # a --base brings its own
+    meta = {
+        "setting": setting,
+        "dataset": data.name,
+        "input_shape": [int(side) for side in x_train.shape[1:]],
+        "num_classes": int(data.num_classes),
+        "defense": None if codebook is None else {
+            "codebook": str(args.codebook), "codes": codebook.codes_.tolist(), "metric": codebook.metric,
+            "alpha": args.alpha, "bpda": args.bpda,
+        },
+        "training": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                     "n_train": int(len(x_train)), **({"adversarial": adversarial} if "_adv_" in f"_{setting}_"
+                                                      else {})},
+        "history": history,
+        "test_accuracy": test_accuracy,
+        "pixdisc": __version__,
+    }
+    save_model(network, args.output, meta=meta)
+    report = {"setting": setting, "arch": arch, "dataset": data.name, "n_train": int(len(x_train)),
+              "n_test": int(len(x_test)), "epochs": args.epochs, "seconds": seconds,
+              "train_accuracy": history["accuracy"][-1] if history["accuracy"] else None,
+              "test_accuracy": test_accuracy, "output": str(args.output), "history": history}
+    reused = args.base is not None and setting.endswith("_pre")
+    text = [f"{setting}: {args.base} behind the defense, not retrained" if reused else
+            f"trained {setting} ({arch}) on {data.name}: {len(x_train)} images, {args.epochs} epoch(s), "
+            f"{seconds:.1f} s",
+            f"clean test accuracy {_percent(test_accuracy)} on {len(x_test)} images"
+            + (" (behind the defense)" if defended else ""),
+            f"model written to {args.output}"]
+    _emit(args, report, text)
+    return EXIT_OK
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .train import SETTINGS
+
+    p = sub.add_parser("train", help="train a model for one of the paper's settings",
+                       description="Train a network naturally or adversarially (Madry PGD), on raw or discretized "
+                                   "images, and write it as a model file.")
+    _add_data_options(p)
+    p.add_argument("--arch", default="small_cnn", choices=("small_cnn", "madry_mnist", "mlp", "cifar_resnet"))
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--setting", choices=SETTINGS, help="one of the paper's six settings")
+    how.add_argument("--mode", choices=("natural", "adversarial"),
+                     help="natural (default) or adversarial; with --codebook the network learns on discretized "
+                          "images (disc_*_re)")
+    p.add_argument("--codebook", type=Path, help="codebook file (.npz/.npy) for the disc_* settings")
+    p.add_argument("--alpha", type=float, default=10.0, help="BPDA sharpness (pixel scale [0,1]; default 10)")
+    p.add_argument("--bpda", choices=("soft", "identity"), default="soft")
+    p.add_argument("--base", type=Path, help="model file to start from (the pre-trained network of *_re settings)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--eps", type=float, default=None, help="adversarial training eps (default: the paper's)")
+    p.add_argument("--steps", type=int, default=None, help="PGD steps in adversarial training (default: the paper's)")
+    p.add_argument("--step-size", type=float, default=None, help="PGD step size (default: the paper's)")
+    p.add_argument("--limit", type=int, default=None, help="train on the first N training images")
+    p.add_argument("--test-limit", type=int, default=None, help="report accuracy on the first N test images")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="write a checkpoint after every epoch and resume from it if it exists")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("-o", "--output", type=Path, default=Path("model.pt"))
+    _add_report_options(p)
+    p.set_defaults(func=cmd_train)
+
+
+# ----------------------------------------------------------------------------
+# attack
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    """Attack a model file (behind a defense when there is one) and print clean and robust accuracy."""
+    from .attacks import evaluate_robustness
+    from .discretize import Discretize
+    from .experiments import ATTACK_LABELS, DATASET_DEFAULTS, attack_specs, summarise_result
+    from torch import nn
+
+    model, meta = _load_model_file(args.model, args.device)
+    dataset = args.dataset or meta.get("dataset") or "mnist5k"
+    if args.no_defense and args.codebook is not None:
+        raise CommandError("--no-defense and --codebook contradict each other")
+    x, y, data = _load_split(dataset, args.data_dir, args.split, args.limit)
+    _check_model_fits(model, x, data.num_classes, str(args.model))
+    codebook = None
+    if args.codebook is not None:
+        codebook = _load_codebook_file(args.codebook)
+    elif not args.no_defense:
+        codebook = _defense_from_meta(meta)
+    recorded = meta.get("defense") if isinstance(meta.get("defense"), dict) else {}
+    alpha = args.alpha if args.alpha is not None else float(
+        recorded.get("alpha", DATASET_DEFAULTS.get(_dataset_key(dataset), {}).get("alpha", 10.0)))
+    if codebook is not None:
+        if codebook.n_channels != x.shape[1]:
+            raise CommandError(f"the codebook has {codebook.n_channels}-channel codes but {data.name} images have "
+                               f"{x.shape[1]} channel(s)")
+        device = next(iter(model.parameters())).device
+        model = nn.Sequential(Discretize(codebook, bpda=args.bpda, alpha=alpha), model).to(device).eval()
+    eps, steps, step_size = _attack_budget(dataset, args.eps, args.steps, args.step_size)
+    names = _parse_attacks(args.attacks)
+    specs = attack_specs(eps, steps, step_size, names)
+    if args.restarts != 1:
+        if args.restarts < 1:
+            raise CommandError(f"--restarts must be >= 1, got {args.restarts}")
+        for spec in specs:
+            spec["restarts"] = args.restarts
+            spec["random_start"] = True
+    if args.batch_size < 1:
+        raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
+    started = time.perf_counter()
+    outcome = evaluate_robustness(model, x, y, specs, batch_size=args.batch_size, seed=args.seed, eps=eps,
+                                  keep_adv=False, progress=_progress(args))
+    seconds = time.perf_counter() - started
+    summary = summarise_result(outcome, names)
+    report = {
+        "model": str(args.model), "setting": meta.get("setting"), "dataset": data.name, "split": args.split,
+        "defense": None if codebook is None else {"codes_255": np.rint(codebook.codes_ * 255).astype(int).tolist(),
+                                                  "metric": codebook.metric, "bpda": args.bpda, "alpha": alpha},
+        "eps": eps, "steps": steps, "step_size": step_size,
+        "attacks": [{"name": name, **spec} for name, spec in zip(names, specs)],
+        **summary, "seconds": seconds,
+    }
+    text = [f"{args.model} on {data.name} {args.split} ({summary['n']} images)"
+            + (f" behind discretization (codes {report['defense']['codes_255']}/255, BPDA {args.bpda}, "
+               f"alpha={alpha:g})" if codebook is not None else " without a defense"),
+            f"attack budget: eps={eps:g}, {steps} steps of {step_size:g}",
+            f"  clean accuracy            {_percent(summary['clean_accuracy'])}"]
+    for index, name in enumerate(names):
+        label = ATTACK_LABELS[name] if index == 0 else "+" + ATTACK_LABELS[name]
+        text.append(f"  robust after {label:<12} {_percent(summary['robust_after'][name])}")
+    text.append(f"  robust (worst case)       {_percent(summary['robust_accuracy'])}   [{seconds:.1f} s]")
+    _emit(args, report, text)
+    return EXIT_OK
+
+
+def _add_attack(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("attack", help="attack a model file and print clean and robust accuracy",
+                       description="White-box l_inf attacks (through BPDA when the model is behind the defense); "
+                                   "per-sample worst case over the attacks.")
+    p.add_argument("model", type=Path, help="model file written by `pixdisc train` or `pixdisc evaluate`")
+    p.add_argument("--codebook", type=Path, help="put the model behind this codebook's discretization")
+    p.add_argument("--no-defense", action="store_true",
+                   help="attack the bare network even if the model file records a defense")
+    p.add_argument("--alpha", type=float, default=None, help="BPDA sharpness (default: recorded, else the paper's)")
+    p.add_argument("--bpda", choices=("soft", "identity"), default="soft")
+    p.add_argument("--dataset", default=None, help="data set (default: the one the model was trained on)")
+    p.add_argument("--data-dir", type=Path, help="where the data set's files are")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--limit", type=int, default=None, help="attack the first N images of the split")
+    p.add_argument("--attacks", default="pgd_ce,pgd_cw,adam_sign",
+                   help="comma-separated: pgd_ce, pgd_cw, adam_sign (default: all three, in this order)")
+    p.add_argument("--eps", type=float, default=None, help="l_inf budget (default: the paper's for the data set)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--step-size", type=float, default=None)
+    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    _add_report_options(p)
+    p.set_defaults(func=cmd_attack)
+
+
+# ----------------------------------------------------------------------------
+# evaluate and demo
+
+
+def _print_result(result: Dict[str, Any], wall: float) -> None:
+    from .report import markdown_table
+
+    print(markdown_table(result))
+    if result.get("paper"):
+        print(f"\npaper columns: {result['paper']['source']}")
+    if result.get("quick"):
+        print("quick run: reduced budgets on a few images; the numbers and checks below mean nothing")
+    for check in result.get("checks", {}).values():
+        print(f"check: {check['description']}: {'yes' if check['passed'] else 'NO'} ({check['detail']})")
+    files = result.get("files", {})
+    if files:
+        print("wrote " + ", ".join(files.values()))
+    print(f"wall time {wall:.1f} s")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """The six-setting table for a data set: train what is needed, attack, write the report folder."""
+    from .experiments import DATASET_DEFAULTS, DEMO_CONFIG, QUICK_CONFIG, config_for_dataset, run_experiment
+    from .train import SETTINGS
+
+    key = _dataset_key(args.dataset)
+    codebook = _load_codebook_file(args.codebook) if args.codebook is not None else None
+    if codebook is None and key not in DATASET_DEFAULTS and (args.k is None or args.r is None):
+        raise CommandError(f"no default codebook for {args.dataset!r}: pass -k and -r, or --codebook")
+    settings = tuple(s.strip() for s in args.settings.split(",") if s.strip()) if args.settings else SETTINGS
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        raise CommandError(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+    overrides: Dict[str, Any] = {
+        "data_dir": None if args.data_dir is None else str(args.data_dir), "arch": args.arch, "k": args.k,
+        "r": args.r, "alpha": args.alpha, "eps": args.eps, "steps": args.steps, "step_size": args.step_size,
+        "natural_epochs": args.natural_epochs, "adversarial_epochs": args.adversarial_epochs,
+        "retrain_epochs": args.retrain_epochs, "adversarial_retrain_epochs": args.adversarial_retrain_epochs,
+        "train_eps": args.train_eps, "train_steps": args.train_steps, "train_step_size": args.train_step_size,
+        "n_train": args.n_train, "n_test": args.n_test, "seed": args.seed, "device": args.device,
+        "settings": settings, "attacks": tuple(_parse_attacks(args.attacks)),
+    }
+    if args.no_curve:
+        overrides["curve_eps"] = ()
+    config = config_for_dataset(key, QUICK_CONFIG if args.quick else DEMO_CONFIG, **overrides)
+    out = args.out if args.out is not None else Path(f"pixdisc-{key}")
+    started = time.perf_counter()
+    result = run_experiment(config, out, codebook=codebook, progress=_progress(args))
+    wall = time.perf_counter() - started
+    if args.json:
+        print(json.dumps({**result, "wall_seconds": wall}, allow_nan=False, default=str))
+    else:
+        _print_result(result, wall)
+    return EXIT_OK
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="the paper's six-setting table for a data set",
+                       description="Fit the codebook, train the natural and adversarial models (and their "
+                                   "re-trained versions), attack all six settings and write JSON, Markdown and "
+                                   "PNG reports into --out.")
+    _add_data_options(p)
+    p.add_argument("--out", type=Path, default=None, help="report folder (default: pixdisc-DATASET)")
+    p.add_argument("--codebook", type=Path, help="use this codebook instead of fitting Algorithm 1")
+    p.add_argument("-k", type=int, default=None, help="codes for Algorithm 1 (default: the paper's)")
+    p.add_argument("-r", "--radius", dest="r", type=float, default=None, help="removal radius (default: the paper's)")
+    p.add_argument("--alpha", type=float, default=None, help="BPDA sharpness (default: the paper's)")
+    p.add_argument("--arch", default=None, choices=("small_cnn", "madry_mnist", "mlp", "cifar_resnet"))
+    p.add_argument("--settings", default=None, help="comma-separated subset of the six settings (default: all)")
+    p.add_argument("--attacks", default="pgd_ce,pgd_cw,adam_sign")
+    p.add_argument("--eps", type=float, default=None, help="attack budget (default: the paper's)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--step-size", type=float, default=None)
+    p.add_argument("--natural-epochs", type=int, default=None)
+    p.add_argument("--adversarial-epochs", type=int, default=None)
+    p.add_argument("--retrain-epochs", type=int, default=None)
+    p.add_argument("--adversarial-retrain-epochs", type=int, default=None)
+    p.add_argument("--train-eps", type=float, default=None)
+    p.add_argument("--train-steps", type=int, default=None)
+    p.add_argument("--train-step-size", type=float, default=None)
+    p.add_argument("--n-train", type=int, default=None, help="train on the first N training images")
+    p.add_argument("--n-test", type=int, default=None, help="attack the first N test images (default: 1000)")
+    p.add_argument("--no-curve", action="store_true", help="skip the robustness-vs-eps curve")
+    p.add_argument("--quick", action="store_true", help="the reduced budgets of `demo --quick` (a smoke run)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    _add_report_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on the embedded MNIST-5k: codes, six settings, BPDA/PGD, a Table-II-style report."""
+    from .experiments import run_demo
+
+    started = time.perf_counter()
+    result = run_demo(args.out, quick=args.quick, seed=args.seed, progress=_progress(args))
+    wall = time.perf_counter() - started
+    if args.json:
+        print(json.dumps({**result, "wall_seconds": wall}, allow_nan=False, default=str))
+    else:
+        _print_result(result, wall)
+    return EXIT_OK
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the paper's MNIST experiment on the embedded data (about 6 minutes)",
+                       description="Fit codes on MNIST-5k (k=2, r=0.6), train natural and adversarial models, run "
+                                   "BPDA/PGD at eps=0.3 and write a Table-II-style report (JSON, Markdown, PNG).")
+    p.add_argument("--out", type=Path, default=Path("pixdisc-demo"), help="report folder (default: pixdisc-demo)")
+    p.add_argument("--quick", action="store_true", help="a reduced smoke run (seconds; numbers are meaningless)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_report_options(p)
+    p.set_defaults(func=cmd_demo)
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="mnist5k", help="data set name (default: mnist5k, the embedded MNIST subset)")
+    p.add_argument("--data-dir", type=Path, help="where the data set's files are")
+
+
+def _add_report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print a JSON report instead of text (no progress bars)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+_SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
+    _add_codes, _add_train, _add_attack, _add_evaluate, _add_demo,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,11 +610,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="pixdisc", description="Pixel discretization as an adversarial-robustness defense.")
     parser.add_argument("--version", action="version", version=f"pixdisc {__version__}")
-    parser.add_argument("--threads", type=int, default=None, help="threads for the native kernels (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for the native kernels and for torch (default: all cores)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _SUBCOMMANDS:
         add(sub)
     return parser
+
+
+def _set_threads(count: int) -> None:
+    if count < 1:
+        raise CommandError(f"--threads must be >= 1, got {count}")
+    from . import set_num_threads
+
+    set_num_threads(count)
+    if "torch" in sys.modules or _torch_available():
+        import torch
+
+        # On a shared or oversubscribed machine fewer torch threads can be much faster.
+        torch.set_num_threads(count)
+
+
+def _torch_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -128,16 +642,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.threads is not None:
-            from . import set_num_threads
-
-            set_num_threads(args.threads)
+            _set_threads(args.threads)
         return int(args.func(args))
-    except (CommandError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (CommandError, ValueError, FileNotFoundError) as exc:
+        # Includes DatasetNotFoundError, whose lines say where we looked and how to get the data.
         print(f"pixdisc {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except (RuntimeError, OSError, ImportError) as exc:
+        # From deep inside torch or the OS: the first line says what went wrong; no traceback.
+        print(f"pixdisc {args.command}: error: {_first_line(exc)}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        hint = ""
+        if getattr(args, "checkpoint", None) is not None:
+            hint = f"; run the same command again to resume from {args.checkpoint}"
+        print(f"pixdisc {args.command}: interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,204 @@
+"""The six-setting experiment, the demo and its reports (JSON, Markdown, PNG)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pixdisc import cli
+from pixdisc.experiments import (
+    DEMO_CONFIG,
+    QUICK_CONFIG,
+    attack_specs,
+    check_paper_claims,
+    config_for_dataset,
+    run_experiment,
+)
+from pixdisc.models import load_model
+from pixdisc.report import PAPER_TABLE_II, markdown_table, paper_reference, plot_accuracy, write_report
+from pixdisc.train import SETTINGS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_torch_thread():
+    """Tiny models run fastest on one thread, and the test machine is shared: restore the setting after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """`pixdisc demo --quick --json` once for the module: (exit code, parsed stdout, folder, seconds)."""
+    out = tmp_path_factory.mktemp("demo")
+    stdout = io.StringIO()
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(stdout):
+        code = cli.main(["demo", "--quick", "--out", str(out), "--json"])
+    seconds = time.perf_counter() - started
+    return code, json.loads(stdout.getvalue()), out, seconds
+
+
+def test_demo_quick_runs_fast_and_reports(quick_demo):
+    code, report, out, seconds = quick_demo
+    assert code == 0
+    assert seconds < 60
+    assert report["quick"] is True
+    assert list(report["settings"]) == list(SETTINGS)
+    for row in report["settings"].values():
+        assert 0.0 <= row["robust_accuracy"] <= row["clean_accuracy"] <= 1.0
+        after = list(row["robust_after"].values())
+        # Cumulative over attacks: never increasing, ending at the worst case.
+        assert after == sorted(after, reverse=True)
+        assert after[-1] == row["robust_accuracy"]
+        assert sum(row["broken_by"].values()) == round(row["n"] * (1 - row["robust_accuracy"]))
+    assert report["codebook"]["codes_255"] == [[0], [253]]
+    assert report["checks"]["codes_as_expected"]["passed"] is True
+    assert report["paper"]["settings"]["disc_adv_pre"] == {"clean_accuracy": 98.17, "robust_accuracy": 97.24}
+    assert report["attack"]["eps"] == 0.3
+    assert [a["name"] for a in report["attack"]["attacks"]] == ["pgd_ce", "pgd_cw", "adam_sign"]
+    assert set(report["versions"]) >= {"pixdisc", "torch", "numpy", "python"}
+    assert report["timings"]["total"] > 0
+
+
+def test_demo_quick_writes_parseable_files(quick_demo):
+    _, report, out, _ = quick_demo
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["settings"].keys() == report["settings"].keys()
+    assert set(saved) >= {"config", "dataset", "codebook", "attack", "training", "settings", "paper", "checks",
+                          "timings", "versions"}
+    markdown = (out / "results.md").read_text()
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(SETTINGS)
+    assert table[0].count("|") == table[1].count("|") == table[2].count("|")
+    assert "worst case" in table[0] and "paper robust" in table[0]
+    assert "arXiv:1805.07816" in markdown
+    for name in ("accuracy.png", "robustness_vs_eps.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    for setting in SETTINGS:
+        model, meta = load_model(out / "models" / f"{setting}.pt", return_meta=True)
+        assert meta["setting"] == setting
+        assert (meta["defense"] is not None) == setting.startswith("disc_")
+    assert (out / "codes.npz").exists()
+
+
+def test_demo_model_files_attack_through_recorded_defense(quick_demo, capsys):
+    _, _, out, _ = quick_demo
+    code = cli.main(["attack", str(out / "models" / "disc_nat_pre.pt"), "--limit", "20", "--steps", "2",
+                     "--step-size", "0.1", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["defense"]["codes_255"] == [[0], [253]]
+    assert report["setting"] == "disc_nat_pre"
+    assert report["n"] == 20
+
+
+def test_evaluate_subset_on_digits(tmp_path, capsys):
+    out = tmp_path / "digits"
+    code = cli.main(["evaluate", "--dataset", "digits", "--quick", "--settings", "nat_pre,disc_nat_re",
+                     "--no-curve", "--out", str(out), "-q"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "`nat_pre`" in text and "`disc_nat_re`" in text and "`adv_pre`" not in text
+    saved = json.loads((out / "results.json").read_text())
+    assert list(saved["settings"]) == ["nat_pre", "disc_nat_re"]
+    assert saved["paper"] is None and saved["curve"] is None
+    assert (out / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
+    assert not (out / "robustness_vs_eps.png").exists()
+
+
+def test_config_for_dataset_uses_paper_budgets():
+    fashion = config_for_dataset("fashion-mnist")
+    assert (fashion.eps, fashion.steps, fashion.k, fashion.r, fashion.alpha) == (0.1, 100, 2, 0.2, 10.0)
+    mnist = config_for_dataset("mnist5k", n_test=None)
+    assert (mnist.eps, mnist.steps, mnist.step_size, mnist.k, mnist.r) == (0.3, 100, 0.01, 2, 0.6)
+    assert mnist.n_test == DEMO_CONFIG.n_test  # a None override means "keep the default"
+    cifar = config_for_dataset("cifar10")
+    assert math.isclose(cifar.alpha, 25.5) and math.isclose(cifar.eps, 8 / 255)
+    assert QUICK_CONFIG.steps < DEMO_CONFIG.steps
+
+
+def test_attack_specs_are_the_papers_attacks():
+    specs = attack_specs(0.3, 100, 0.01)
+    assert [(s["attack"], s["loss"]) for s in specs] == [("pgd", "ce"), ("pgd", "cw"), ("adam_sign", "cw")]
+    assert all(s["eps"] == 0.3 and s["steps"] == 100 and s["step_size"] == 0.01 for s in specs)
+    with pytest.raises(ValueError, match="unknown attack"):
+        attack_specs(0.3, 10, 0.1, ["fgsm"])
+
+
+def test_run_experiment_rejects_bad_settings_and_codebooks():
+    with pytest.raises(ValueError, match="unknown setting"):
+        run_experiment(QUICK_CONFIG.replace(settings=("nat_pre", "bogus")), progress=False)
+    import pixdisc
+
+    rgb = pixdisc.Codebook([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    with pytest.raises(ValueError, match="channel"):
+        run_experiment(QUICK_CONFIG.replace(dataset="digits", settings=("nat_pre",)), codebook=rgb,
+                       progress=False)
+
+
+def test_paper_table_is_copied_exactly():
+    mnist = PAPER_TABLE_II["mnist"]["settings"]
+    assert mnist["nat_pre"] == (99.17, 0.00)
+    assert mnist["adv_pre"] == (98.40, 92.72)
+    assert mnist["disc_nat_pre"] == (98.81, 75.35)
+    assert mnist["disc_adv_pre"] == (98.17, 97.24)
+    assert mnist["disc_nat_re"] == (99.15, 80.91)
+    assert mnist["disc_adv_re"] == (98.56, 92.80)
+    assert paper_reference("mnist5k")["dataset"] == "mnist"
+    assert paper_reference("cifar10") is None
+
+
+def _synthetic_result(robust: dict[str, float]) -> dict:
+    attacks = [{"name": "pgd_ce", "label": "PGD-CE"}, {"name": "pgd_cw", "label": "PGD-CW"}]
+    rows = {
+        name: {"n": 100, "clean_accuracy": 0.98, "robust_accuracy": value,
+               "robust_after": {"pgd_ce": min(1.0, value + 0.01), "pgd_cw": value}, "broken_by": {}}
+        for name, value in robust.items()
+    }
+    return {
+        "dataset": {"name": "mnist5k", "n_train": 4000, "n_test": 100, "shape": [1, 28, 28]},
+        "attack": {"eps": 0.3, "steps": 100, "step_size": 0.01, "attacks": attacks},
+        "settings": rows,
+        "paper": paper_reference("mnist5k"),
+        "curve": {"eps": [0.1, 0.3], "steps": 40, "n": 100, "settings": {"nat_pre": [0.5, 0.0]}},
+    }
+
+
+def test_paper_claims_pass_and_fail():
+    good = _synthetic_result({"nat_pre": 0.0, "adv_pre": 0.6, "disc_nat_pre": 0.75, "disc_adv_pre": 0.85,
+                              "disc_nat_re": 0.8, "disc_adv_re": 0.83})
+    assert all(check["passed"] for check in check_paper_claims(good).values())
+    assert len(check_paper_claims(good)) == 3
+    bad = _synthetic_result({"nat_pre": 0.2, "adv_pre": 0.6, "disc_nat_pre": 0.3, "disc_adv_pre": 0.7,
+                             "disc_nat_re": 0.8, "disc_adv_re": 0.75})
+    assert not any(check["passed"] for check in check_paper_claims(bad).values())
+
+
+def test_markdown_and_plots_from_a_result(tmp_path):
+    result = _synthetic_result({name: 0.5 for name in SETTINGS})
+    table = markdown_table(result).splitlines()
+    assert table[0] == "| setting | clean | PGD-CE | +PGD-CW | worst case | paper clean | paper robust |"
+    assert table[2].startswith("| `nat_pre` | 98.0 | 51.0 | 50.0 | **50.0** | 99.17 | 0.00 |")
+    assert plot_accuracy(result, tmp_path / "a.png").read_bytes()[:8] == PNG_MAGIC
+    result.update(config={}, codebook={"kind": "DensityCodebook", "params": {"k": 2, "r": 0.6, "metric": "linf"},
+                                       "codes_255": [[0], [253]]},
+                  defense={"alpha": 10.0, "bpda": "soft"},
+                  training={"arch": "small_cnn", "natural_epochs": 1, "adversarial_epochs": 1,
+                            "retrain_epochs": 1, "adversarial_retrain_epochs": 1,
+                            "adversarial": {"eps": 0.3, "steps": 10, "step_size": 0.04}},
+                  checks={}, timings={"total": 1.0}, versions={"pixdisc": "0"})
+    result["settings"]["nat_pre"]["clean_accuracy"] = float("nan")  # strict JSON: becomes null
+    files = write_report(result, tmp_path / "report")
+    assert json.loads(Path(files["json"]).read_text())["settings"]["nat_pre"]["clean_accuracy"] is None
+    assert set(files) == {"json", "markdown", "accuracy_png", "eps_curve_png"}
