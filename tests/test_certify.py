@@ -166,17 +166,30 @@ def test_process_pool_and_checkpoint_resume(tmp_path):
 
 
 _KILL_SCRIPT = r"""
-import sys, numpy as np, torch, pixdisc
+import sys, time, numpy as np, torch, pixdisc
 from pixdisc.certify import certify
+
+
+class Slow(torch.nn.Module):
+    # Each forward pass sleeps, so the run lasts long enough to be killed midway on any machine.
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        time.sleep(0.05)
+        return self.net(x)
+
+
 if __name__ == "__main__":  # worker processes are spawned and re-import this file
     torch.manual_seed(5)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10), torch.nn.ReLU(),
-                              torch.nn.Linear(10, 2)).eval()
+    net = Slow(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10), torch.nn.ReLU(),
+                                   torch.nn.Linear(10, 2))).eval()
     book = pixdisc.Codebook(np.array([[0.0], [0.5], [1.0]], np.float32))
     x = np.random.default_rng(11).random((60, 1, 2, 2)).astype(np.float32)
     y = np.zeros(60, np.int64)
-    r = certify(net, book, x, y, 0.2, executor=sys.argv[2], workers=2, chunk_size=3, progress=False,
-                checkpoint=sys.argv[1])
+    r = certify(net, book, x, y, 0.2, mode="paper", b=64, executor=sys.argv[2], workers=2, chunk_size=3,
+                progress=False, checkpoint=sys.argv[1])
     np.save(sys.argv[1] + ".npy", r.outcome)
 """
 
@@ -193,7 +206,7 @@ def test_killed_run_resumes_with_nothing_lost_or_repeated(tmp_path):
                             start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:  # wait until some records are written
-        if partial.exists() and len(partial.read_text().splitlines()) > 4:
+        if partial.exists() and len(partial.read_text().splitlines()) > 7:
             break
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)

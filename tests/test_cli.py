@@ -166,3 +166,20 @@ def test_interrupt_exits_130(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(pixdisc.experiments, "run_demo", interrupted)
     assert cli.main(["demo", "--out", str(tmp_path / "demo")]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_certified_training_then_certify_cli(tmp_path, capsys):
+    codes, model = tmp_path / "codes.npz", tmp_path / "m.pt"
+    assert cli.main(["codes", "--dataset", "digits", "-k", "2", "-r", "0.5", "-o", str(codes)]) == 0
+    assert cli.main(["train", "--dataset", "digits", "--mode", "certified", "--codebook", str(codes), "--arch", "mlp",
+                     "--eps", "0.1", "--epochs", "2", "--limit", "300", "-o", str(model), "-q"]) == 0
+    capsys.readouterr()
+    assert cli.main(["certify", "--model", str(model), "--codes", str(codes), "--dataset", "digits", "--eps", "0.1",
+                     "--limit", "40", "--workers", "1", "--resume", str(tmp_path / "run.jsonl"), "--json", "-q"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["n"] == 40 and row["certified"] + row["failed"] + row["unable"] == 40
+    assert len((tmp_path / "run.jsonl").read_text().splitlines()) == 41
+    assert cli.main(["train", "--dataset", "digits", "--mode", "certified", "-o", str(model)]) == 1
+    assert "--eps" in capsys.readouterr().err
+    assert cli.main(["certify", "--model", str(tmp_path / "nope.pt"), "--codes", str(codes), "--eps", "0.1"]) == 1
+    assert "nope.pt" in capsys.readouterr().err

@@ -274,6 +274,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .models import predict, save_model
     from .train import PAPER_TRAINING, train_setting
 
+    if args.mode == "certified":
+        return _train_certified(args)
     setting = _resolve_setting(args)
     defended = setting.startswith("disc_")
     if defended and args.codebook is None:
@@ -298,6 +300,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.base is not None:
         base, _ = _load_model_file(args.base, args.device)
         _check_model_fits(base, x_train, data.num_classes, str(args.base))
+    args.arch = args.arch or "small_cnn"
     recipe = PAPER_TRAINING[_TRAINING_RECIPE.get(_dataset_key(args.dataset), "mnist")]
     adversarial = {
         "eps": recipe["eps"] if args.eps is None else args.eps,
@@ -353,12 +356,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="Train a network naturally or adversarially (Madry PGD), on raw or discretized "
                                    "images, and write it as a model file.")
     _add_data_options(p)
-    p.add_argument("--arch", default="small_cnn", choices=("small_cnn", "madry_mnist", "mlp", "cifar_resnet"))
+    p.add_argument("--arch", default=None, choices=("small_cnn", "cert_cnn", "madry_mnist", "mlp", "cifar_resnet"),
+                   help="default: small_cnn (cert_cnn for --mode certified)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--setting", choices=SETTINGS, help="one of the paper's six settings")
-    how.add_argument("--mode", choices=("natural", "adversarial"),
+    how.add_argument("--mode", choices=("natural", "adversarial", "certified"),
                      help="natural (default) or adversarial; with --codebook the network learns on discretized "
-                          "images (disc_*_re)")
+                          "images (disc_*_re). certified: bound-based training so that `pixdisc certify` succeeds "
+                          "(with --codebook: over the box hull of S(x); without: plain IBP on the eps-box)")
     p.add_argument("--codebook", type=Path, help="codebook file (.npz/.npy) for the disc_* settings")
     p.add_argument("--alpha", type=float, default=10.0, help="BPDA sharpness (pixel scale [0,1]; default 10)")
     p.add_argument("--bpda", choices=("soft", "identity"), default="soft")
@@ -600,8 +605,166 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def _train_certified(args: argparse.Namespace) -> int:
+    """`pixdisc train --mode certified`: bound-based training for the certificate."""
+    from . import __version__
+    from .models import build_model, predict, save_model
+    from .train import train_certified
+
+    if args.eps is None:
+        raise CommandError("--mode certified needs --eps, the budget the certificate should hold for")
+    x_train, y_train, data = _load_split(args.dataset, args.data_dir, "train", args.limit)
+    x_test, y_test, _ = _load_split(args.dataset, args.data_dir, "test", args.test_limit)
+    codebook = _load_codebook_file(args.codebook) if args.codebook is not None else None
+    arch = args.arch or "cert_cnn"
+    kwargs = {} if arch == "cifar_resnet" else {"input_size": list(x_train.shape[2:])}
+    net = build_model(arch, in_channels=int(x_train.shape[1]), num_classes=data.num_classes, **kwargs)
+    started = time.perf_counter()
+    net, history = train_certified(net, x_train, y_train, codebook, eps=args.eps, epochs=args.epochs,
+                                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=_progress(args),
+                                   device=args.device, checkpoint_path=args.checkpoint,
+                                   warmup_epochs=min(1, args.epochs), ramp_epochs=max(1, args.epochs // 3),
+                                   lr_milestones=(int(args.epochs * 0.7), int(args.epochs * 0.85)), kappa_end=0.7)
+    seconds = time.perf_counter() - started
+    x_eval = x_test if codebook is None else torch_from(codebook.transform(x_test.numpy(), channel_axis=1))
+    test_accuracy = float((predict(net, x_eval) == y_test).float().mean())
+    meta = {"setting": "certified", "dataset": data.name, "input_shape": [int(v) for v in x_train.shape[1:]],
+            "num_classes": int(data.num_classes), "eps_train": args.eps,
+            "defense": None if codebook is None else {"codebook": str(args.codebook), "codes": codebook.codes_.tolist(),
+                                                      "metric": codebook.metric},
+            "training": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed},
+            "history": history, "test_accuracy": test_accuracy, "pixdisc": __version__}
+    save_model(net, args.output, meta=meta)
+    report = {"setting": "certified", "arch": arch, "dataset": data.name, "eps": args.eps, "seconds": seconds,
+              "test_accuracy": test_accuracy, "train_verified": history["verified"][-1] if history["verified"] else None,
+              "output": str(args.output), "history": history}
+    _emit(args, report, [f"certified training ({arch}, eps={args.eps}) on {data.name}: {seconds:.1f} s, "
+                         f"clean test accuracy {_percent(test_accuracy)}"
+                         + (" on discretized images" if codebook is not None else ""),
+                         f"model written to {args.output}; check it with `pixdisc certify --model {args.output} "
+                         f"--codes CODES --eps {args.eps}`"])
+    return EXIT_OK
+
+
+def torch_from(array: Any) -> Any:
+    import torch
+
+    return torch.from_numpy(array)
+
+
+def cmd_certify(args: argparse.Namespace) -> int:
+    """Certify a model behind a codebook on a data set split; print a Table-IV-style summary."""
+    from .certify import Budget, certify
+    from .datasets import as_float_nchw, load_dataset
+
+    net, _ = _load_model_file(args.model, None)
+    codebook = _load_codebook_file(args.codes)
+    data = load_dataset(args.dataset, args.data_dir)
+    images, labels = (data.x_test, data.y_test) if args.split == "test" else (data.x_train, data.y_train)
+    if args.limit is not None:
+        images, labels = images[: args.limit], labels[: args.limit]
+    x = as_float_nchw(images)
+    executor: object = "serial" if args.workers == 1 else None
+    client = None
+    if args.scheduler:
+        from distributed import Client
+
+        client = Client(args.scheduler)
+        executor = client
+    rows = []
+    try:
+        for eps in args.eps:
+            result = certify(net, codebook, x, labels, eps, mode=args.mode, b=args.b, bound=args.bound,
+                             budget=Budget(nodes=args.budget_nodes, seconds=args.budget_seconds),
+                             executor=executor, workers=args.workers, delta=args.delta,
+                             checkpoint=_checkpoint_for(args.resume, eps, len(args.eps)),
+                             progress=not (args.quiet or args.json), device="cuda" if args.cuda else "cpu")
+            rows.append(result.summary())
+    finally:
+        if client is not None:
+            client.close()
+    if args.json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    print(f"{len(labels)} images of {args.dataset}/{args.split}, mode={args.mode}, bound={args.bound}, "
+          f"delta={args.delta}")
+    print("| eps | b | Unable | Success (s_hat) | Fail | Hoeffding LB | Clopper-Pearson LB | paper formula | seconds |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['eps']:.3f} | {r['b']:g} | {100 * r['unable_rate']:.2f}% | {100 * r['certified_rate']:.2f}% | "
+              f"{100 * r['failed_rate']:.2f}% | {100 * r['lower_hoeffding']:.2f}% | "
+              f"{100 * r['lower_clopper_pearson']:.2f}% | {100 * r['lower_paper_formula']:.2f}% | "
+              f"{r['wall_seconds']:.1f} |")
+    return EXIT_OK
+
+
+def _checkpoint_for(resume: Optional[Path], eps: float, n_eps: int) -> Optional[Path]:
+    """One checkpoint file per eps: the given name, suffixed with eps when several are run."""
+    if resume is None:
+        return None
+    if n_eps == 1:
+        return resume
+    return resume.with_name(f"{resume.stem}-eps{eps:g}{resume.suffix or '.jsonl'}")
+
+
+def _add_certify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("certify", help="certify robustness of a model behind a codebook on a data set",
+                       description="Certify F(T(x)) = y against every l_inf perturbation of size eps.")
+    p.add_argument("--model", type=Path, required=True, help="model file written by `pixdisc train`")
+    p.add_argument("--codes", type=Path, required=True, help="codebook (.npz from `pixdisc codes`, or .npy codes)")
+    p.add_argument("--dataset", default="mnist5k")
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--split", choices=("train", "test"), default="test")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--eps", type=float, nargs="+", required=True, help="one or more budgets (pixel scale [0,1])")
+    p.add_argument("--mode", choices=("bab", "paper"), default="bab")
+    p.add_argument("--b", type=float, default=30, help="paper mode: unable when log2|S(x)| > b")
+    p.add_argument("--bound", choices=("crown", "ibp"), default="crown")
+    p.add_argument("--budget-nodes", type=int, default=2000)
+    p.add_argument("--budget-seconds", type=float, default=20.0)
+    p.add_argument("--delta", type=float, default=0.01, help="failure probability of the lower bounds")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=int, default=None, help="local worker processes (default: all cores)")
+    group.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786) to run on a cluster")
+    p.add_argument("--resume", type=Path, default=None,
+                   help="append-only checkpoint (JSON lines); rerun with the same file to resume")
+    p.add_argument("--cuda", action="store_true", help="run the model and enumeration on the GPU")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_certify)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Reproduce the papers' tables and figures into a report folder."""
+    from .reproduce import reproduce
+
+    results = reproduce(args.target, args.out, quick=args.quick, data_dir=args.data_dir, seed=args.seed,
+                        progress=_progress(args))
+    if args.json:
+        print(json.dumps(results, default=str))
+    else:
+        print(f"{args.target}: report written to {args.out / 'index.md'}")
+    return EXIT_OK
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    from .reproduce import TARGETS
+
+    p = sub.add_parser("reproduce", help="reproduce the paper's tables and figures on the data available",
+                       description="Write index.md (our numbers beside the paper's), PNG figures and raw JSON.")
+    p.add_argument("target", choices=TARGETS)
+    p.add_argument("--out", type=Path, default=Path("pixdisc-reproduce"))
+    p.add_argument("--quick", action="store_true", help="reduced budgets: minutes on 2 cores, numbers not comparable")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="folder holding CIFAR-10 / GTSRB / ImageNet-dev / MNIST IDX sub-folders")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_reproduce)
+
+
 _SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
-    _add_codes, _add_train, _add_attack, _add_evaluate, _add_demo,
+    _add_codes, _add_train, _add_attack, _add_evaluate, _add_demo, _add_certify, _add_reproduce,
 ]
 
 

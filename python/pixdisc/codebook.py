@@ -190,6 +190,7 @@ class Codebook:
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+        _give_default_permissions(tmp)
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(
@@ -210,6 +211,13 @@ class Codebook:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         fitted = f", n_codes={self.n_codes}" if self.is_fitted else ""
         return f"{type(self).__name__}({params}{fitted})"
+
+
+def _give_default_permissions(path: str) -> None:
+    """mkstemp creates 0600 files; give the file what open() would have (0666 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _jsonable(v: Any) -> Any:
@@ -425,7 +433,8 @@ def load_codebook(path: Union[str, os.PathLike]) -> Codebook:
     try:
         if path.suffix == ".npy":
             return Codebook(np.load(path, allow_pickle=False))
-        with np.load(path, allow_pickle=False) as f:
+        # Our own handle: np.load leaks its file when a truncated .npz fails to open.
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as f:
             version = int(f["format_version"])
             if version > FORMAT_VERSION:
                 raise ValueError(f"format version {version} is newer than this pixdisc supports ({FORMAT_VERSION})")

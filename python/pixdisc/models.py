@@ -266,6 +266,9 @@ def _atomic_torch_save(payload: Any, path: str | os.PathLike[str]) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    umask = os.umask(0)  # mkstemp makes 0600 files; give what open() would (0666 minus the umask)
+    os.umask(umask)
+    os.chmod(temporary_name, 0o666 & ~umask)
     try:
         with os.fdopen(handle, "wb") as stream:
             torch.save(payload, stream)
