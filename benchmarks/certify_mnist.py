@@ -1,6 +1,6 @@
 """Issue-4 targets on the embedded MNIST-5k split: certified training, then certify at eps 0.05..0.3.
 
-    PYTHONPATH=python python benchmarks/certify_mnist.py --out certify-mnist   (about 20 min on 2 cores)
+    PYTHONPATH=python python benchmarks/certify_mnist.py --out certify-mnist   (about 40 min on 2 cores)
 
 Trains a CertCNN behind the k=2 density codes (Algorithm 1, r=0.6) with
 certified training, and the same architecture with the same budget by plain
@@ -41,7 +41,8 @@ def train_or_load(path: Path, codebook, x, y, eps_train: float, epochs: int) -> 
     net = build_model("cert_cnn")
     started = time.perf_counter()
     net, history = train_certified(net, x, y, codebook, eps=eps_train, epochs=epochs, warmup_epochs=1,
-                                   ramp_epochs=epochs // 2, lr_milestones=(int(epochs * 0.7), int(epochs * 0.85)),
+                                   ramp_epochs=epochs // 3, lr_milestones=(int(epochs * 0.7), int(epochs * 0.85)),
+                                   kappa_end=0.7,
                                    checkpoint_path=path.with_suffix(".ckpt"))
     save_model(net, path, meta={"eps_train": eps_train, "epochs": epochs, "train_seconds": time.perf_counter() - started,
                                 "history": history, "discretized": codebook is not None})
@@ -52,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("certify-mnist"))
     parser.add_argument("--eps-train", type=float, default=0.4)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=50)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = load_mnist5k()
