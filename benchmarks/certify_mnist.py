@@ -22,7 +22,7 @@ import torch
 import pixdisc
 from pixdisc.bounds import certified_by_bounds
 from pixdisc.candidates import log2_set_size
-from pixdisc.certify import Budget, certify
+from pixdisc.certification import Budget, certify
 from pixdisc.datasets import as_float_nchw, load_mnist5k
 from pixdisc.models import build_model, load_model, save_model
 from pixdisc.train import train_certified

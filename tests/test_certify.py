@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 import pixdisc  # noqa: E402
 from pixdisc.candidates import candidate_sets  # noqa: E402
-from pixdisc.certify import Budget, certify  # noqa: E402
+from pixdisc.certification import Budget, certify  # noqa: E402
 
 import reference as ref  # noqa: E402
 
@@ -167,7 +167,7 @@ def test_process_pool_and_checkpoint_resume(tmp_path):
 
 _KILL_SCRIPT = r"""
 import sys, time, numpy as np, torch, pixdisc
-from pixdisc.certify import certify
+from pixdisc.certification import certify
 
 
 class Slow(torch.nn.Module):

@@ -10,12 +10,13 @@ from .codebook import (
     UniformCodebook,
     load_codebook,
 )
+from .candidates import box_hull, candidate_counts, candidate_sets, log2_set_size
 from .pixels import pixel_histogram
 
 __version__ = "0.1.0"
 
 # torch is optional: names that need it load on first use (PEP 562).
-_LAZY = {"Discretize": "discretize"}
+_LAZY = {"Discretize": "discretize", "certify": "certification", "Budget": "certification", "CertifyResult": "certification"}
 
 
 def __getattr__(name):
@@ -38,5 +39,12 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "build_info",
+    "candidate_counts",
+    "candidate_sets",
+    "log2_set_size",
+    "box_hull",
     "Discretize",
+    "certify",
+    "Budget",
+    "CertifyResult",
 ]

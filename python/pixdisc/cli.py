@@ -654,7 +654,7 @@ def torch_from(array: Any) -> Any:
 
 def cmd_certify(args: argparse.Namespace) -> int:
     """Certify a model behind a codebook on a data set split; print a Table-IV-style summary."""
-    from .certify import Budget, certify
+    from .certification import Budget, certify
     from .datasets import as_float_nchw, load_dataset
 
     net, _ = _load_model_file(args.model, None)

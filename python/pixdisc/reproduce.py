@@ -21,7 +21,7 @@ from tqdm import tqdm
 from . import analysis, datasets
 from .attacks import evaluate_robustness
 from .candidates import log2_set_size
-from .certify import Budget, certify
+from .certification import Budget, certify
 from .codebook import Codebook, DensityCodebook, KMedoidsCodebook, UniformCodebook
 from .discretize import Discretize
 from .experiments import DEMO_CONFIG, QUICK_CONFIG, ExperimentConfig, attack_specs, config_for_dataset, \
