@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import concurrent.futures.process
 import hashlib
 import json
 import math
@@ -636,7 +637,14 @@ def certify(
             cpu_engine = engine if device == "cpu" else _Engine(net.cpu(), codebook, float(eps), mode, float(b),
                                                                  bound, rule, budget, batch_size,
                                                                  tuple(x.shape[1:]), "cpu")
-            consume(_iterate_results(executor, [(cpu_engine, x[c], y[c], c, 1) for c in chunks]))
+            try:
+                consume(_iterate_results(executor, [(cpu_engine, x[c], y[c], c, 1) for c in chunks]))
+            except concurrent.futures.process.BrokenProcessPool as exc:
+                # Records finished so far are in the checkpoint (if any); say how to get going again.
+                raise RuntimeError(
+                    "a certification worker process died. Spawned workers re-import the main script: guard "
+                    "the script's code with `if __name__ == \"__main__\":`, or pass executor=\"serial\"; "
+                    "with checkpoint= a rerun resumes where this one stopped") from exc
     finally:
         if own_pool is not None:
             own_pool.shutdown(cancel_futures=True)
