@@ -16,3 +16,14 @@ def rng():
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One torch thread for a module's tiny models: on a shared 2-core machine spinning
+    OpenMP threads cost far more than the arithmetic. Restores the setting after."""
+    torch = pytest.importorskip("torch")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

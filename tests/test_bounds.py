@@ -28,14 +28,7 @@ DT = torch.float64
 TOL = 1e-9
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The nets here are tiny: on a shared 2-core box, waking and spinning
-    # OpenMP threads costs far more than the arithmetic.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 # --------------------------------------------------------------------------- nets and boxes

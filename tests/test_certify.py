@@ -20,12 +20,7 @@ from pixdisc.certification import Budget, certify  # noqa: E402
 import reference as ref  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def tiny_net(in_features, classes=3, seed=0, hidden=10):

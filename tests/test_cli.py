@@ -47,18 +47,7 @@ def test_codes_errors_are_messages(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def _single_torch_thread():
-    """Tiny models run fastest on one thread, and the test machine is shared: restore the setting after."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def digits_models(tmp_path_factory, _single_torch_thread):
+def digits_models(tmp_path_factory, single_torch_thread):
     """Codes, a natural model and a disc_nat_re model on sklearn's digits, made through the CLI."""
     folder = tmp_path_factory.mktemp("cli-digits")
     codes, natural, retrained = folder / "codes.npz", folder / "nat.pt", folder / "disc.pt"
@@ -69,7 +58,7 @@ def digits_models(tmp_path_factory, _single_torch_thread):
     return folder
 
 
-def test_train_then_attack_round_trip(digits_models, tmp_path, capsys, _single_torch_thread):
+def test_train_then_attack_round_trip(digits_models, tmp_path, capsys, single_torch_thread):
     capsys.readouterr()
     natural = digits_models / "nat.pt"
     assert cli.main(["attack", str(natural), "--steps", "5", "--step-size", "0.1", "--limit", "100", "--json"]) == 0
@@ -94,7 +83,7 @@ def test_train_then_attack_round_trip(digits_models, tmp_path, capsys, _single_t
     assert json.loads(capsys.readouterr().out)["defense"] is None
 
 
-def test_train_adversarial_with_checkpoint_resumes(tmp_path, capsys, _single_torch_thread):
+def test_train_adversarial_with_checkpoint_resumes(tmp_path, capsys, single_torch_thread):
     checkpoint, model = tmp_path / "run.ckpt", tmp_path / "adv.pt"
     args = ["train", "--dataset", "digits", "--mode", "adversarial", "--steps", "2", "--step-size", "0.15",
             "--limit", "200", "--test-limit", "50", "--checkpoint", str(checkpoint), "-o", str(model), "--json"]

@@ -24,13 +24,7 @@ from pixdisc.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_torch_thread():
-    """Tiny models run fastest on one thread, and the test machine is shared: restore the setting after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 # Layer types the bound-propagation module supports.

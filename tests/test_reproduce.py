@@ -18,13 +18,7 @@ FIGURES = [name for name in TARGETS if name.startswith("fig")]
 TABLES = [name for name in TARGETS if name.startswith("table")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two cores shared with other jobs: more torch threads than cores makes tiny ops 10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

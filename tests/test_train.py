@@ -15,13 +15,7 @@ from pixdisc.models import build_model, predict
 from pixdisc.train import PAPER_TRAINING, SETTINGS, train_model, train_setting
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_torch_thread():
-    """Tiny models run fastest on one thread, and the test machine is shared: restore the setting after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 class _RoundStraightThrough(torch.autograd.Function):
