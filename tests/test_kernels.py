@@ -42,6 +42,55 @@ def _hist(x):
     return values, counts
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("layout", ["nhwc", "nchw", "float_grid"])
+def test_rgb_histogram_partition_edge_cases(rng, threads, layout):
+    """Large enough for several workers; the RGB path partitions by the first
+    channel, so build partitions that fill their compaction slots exactly:
+    every one of the 2^16 low keys (plus repeats), all-distinct pixels, one
+    heavy value, and a partition of a single pixel."""
+    low = np.arange(1 << 16, dtype=np.uint32)
+    every_low = np.concatenate([low, rng.choice(low, 70_000)])
+    all_distinct = rng.choice(low, 40_000, replace=False)
+    parts = [
+        (0, every_low),
+        (1, all_distinct),
+        (255, np.full(200_000, 0x1234, np.uint32)),
+        (17, np.array([7], np.uint32)),
+        (None, rng.integers(0, 1 << 24, 299_999, dtype=np.uint32)),  # total divisible by 16
+    ]
+    keys = np.concatenate([k if high is None else (high << 16) | k for high, k in parts]).astype(np.uint32)
+    keys = rng.permutation(keys)
+    pixels = np.stack([(keys >> 16) & 255, (keys >> 8) & 255, keys & 255], axis=1).astype(np.uint8)
+    expect_keys, expect_counts = np.unique(keys, return_counts=True)
+    expect_values = np.stack([(expect_keys >> s) & 255 for s in (16, 8, 0)], axis=1) / np.float32(255)
+
+    images = pixels.reshape(-1, 16, 3)  # 16-pixel "images"
+    previous = _backend._core.get_num_threads()
+    pixdisc.set_num_threads(threads)
+    try:
+        if layout == "nhwc":
+            values, counts = pixdisc.pixel_histogram(images)
+        elif layout == "nchw":
+            values, counts = pixdisc.pixel_histogram(np.ascontiguousarray(images.transpose(0, 2, 1)), channel_axis=1)
+        else:
+            values, counts = pixdisc.pixel_histogram(images.astype(np.float32) / np.float32(255))
+    finally:
+        pixdisc.set_num_threads(previous)
+    np.testing.assert_array_equal(values, expect_values.astype(np.float32))
+    np.testing.assert_array_equal(counts, expect_counts)
+
+
+def test_rgb_histogram_off_grid_float_in_a_large_input(rng):
+    """One off-grid value anywhere in a multi-worker input switches to the exact sort path."""
+    x = (rng.integers(0, 256, size=(700_000, 3)) / np.float32(255)).astype(np.float32)
+    x[650_001, 2] = np.float32(0.123456)
+    values, counts = pixdisc.pixel_histogram(x)
+    expect_values, expect_counts = ref.histogram(x)
+    np.testing.assert_array_equal(values, expect_values)
+    np.testing.assert_array_equal(counts, expect_counts)
+
+
 def test_histogram_gray_u8_matches_bincount(rng):
     x = rng.integers(0, 256, size=100_003, dtype=np.uint8)
     np.testing.assert_array_equal(_backend._core.histogram_gray_u8(x), np.bincount(x, minlength=256))

@@ -55,10 +55,11 @@ pixdisc::PixelLayout layout_of(const py::array& x, int64_t outer, int channels, 
 
 // Hands a std::vector to NumPy without a copy: the capsule owns the vector
 // and frees it when the array is collected.
-template <typename T>
-py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
-  auto* owned = new std::vector<T>(std::move(v));
-  py::capsule free_when_done(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+template <typename T, typename Alloc>
+py::array_t<T> to_numpy(std::vector<T, Alloc>&& v, std::vector<py::ssize_t> shape) {
+  using Vector = std::vector<T, Alloc>;
+  auto* owned = new Vector(std::move(v));
+  py::capsule free_when_done(owned, [](void* p) { delete static_cast<Vector*>(p); });
   return py::array_t<T>(shape, owned->data(), free_when_done);
 }
 

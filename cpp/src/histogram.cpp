@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -145,14 +146,27 @@ bool dense_histogram(const Source& src, PixelLayout layout, Histogram& result) {
 template <typename Source>
 bool radix_histogram3(const Source& src, PixelLayout layout, Histogram& result) {
   constexpr int kBuckets = 256;
+  constexpr int64_t kLowKeys = int64_t(1) << 16;
   const int64_t n = layout.pixels(), inner = layout.inner;
+  // Table counts are uint32: a partition could otherwise overflow.
+  if (n >= (int64_t(1) << 32)) throw std::runtime_error("too many pixels for one histogram call (2^32)");
   const int workers = planned_workers(n, 1 << 18);
   std::vector<std::array<int64_t, kBuckets>> start(workers);
   std::vector<char> off_grid(workers, 0);
   auto for_each_key = [&](int64_t begin, int64_t end, int w, auto&& fn) {
+    uint32_t key;
+    if (inner == 1) {  // channels last (NHWC, (N, 3)): a plain walk, kept separate so it vectorises
+      for (int64_t p = begin; p < end; ++p) {
+        if (!src.key(p * 3, 1, 3, key)) {
+          off_grid[w] = 1;
+          return;
+        }
+        fn(key);
+      }
+      return;
+    }
     int64_t o = begin / inner, i = begin % inner;
     for (int64_t p = begin; p < end; ++p) {
-      uint32_t key;
       if (!src.key(o * 3 * inner + i, inner, 3, key)) {
         off_grid[w] = 1;
         return;
@@ -178,55 +192,76 @@ bool radix_histogram3(const Source& src, PixelLayout layout, Histogram& result) 
     }
   }
   bucket_begin[kBuckets] = pos;
-  // Uninitialised on purpose: every slot is written by the scatter below.
-  std::unique_ptr<uint16_t[]> low(new uint16_t[static_cast<size_t>(n)]);
+  BulkVector<uint16_t> low(static_cast<size_t>(n));  // every slot is written by the scatter
   parallel_for(n, 1 << 18, [&](int64_t begin, int64_t end, int w) {
     auto& cursor = start[w];
     for_each_key(begin, end, w, [&](uint32_t key) { low[cursor[key >> 16]++] = static_cast<uint16_t>(key); });
   });
-  std::vector<std::vector<uint32_t>> bucket_keys(kBuckets);
-  std::vector<std::vector<int64_t>> bucket_counts(kBuckets);
-  parallel_for(kBuckets, 1, [&](int64_t b_begin, int64_t b_end, int) {
-    std::vector<uint32_t> table(1 << 16);
-    for (int64_t b = b_begin; b < b_end; ++b) {
-      std::fill(table.begin(), table.end(), 0u);
-      for (int64_t p = bucket_begin[b]; p < bucket_begin[b + 1]; ++p) ++table[low[p]];
-      size_t distinct = 0;
-      for (uint32_t v = 0; v < (1u << 16); ++v) distinct += table[v] != 0;
-      bucket_keys[b].reserve(distinct);
-      bucket_counts[b].reserve(distinct);
-      for (uint32_t v = 0; v < (1u << 16); ++v) {
-        if (!table[v]) continue;
-        bucket_keys[b].push_back(static_cast<uint32_t>(b << 16) | v);
-        bucket_counts[b].push_back(table[v]);
-      }
-    }
-  });
-  // A bucket holds < 2^32 pixels per 16-bit key only if n < 2^32; guard it.
-  if (n >= (int64_t(1) << 32)) throw std::runtime_error("too many pixels for one histogram call (2^32)");
-  int64_t distinct = 0;
+  // Count each bucket and compact its distinct low keys into a slot of at
+  // most min(pixels, 2^16) entries; buckets are handed out dynamically since
+  // real colour distributions are far from uniform over the top byte.
+  std::array<int64_t, kBuckets + 1> slot{};
+  for (int b = 0; b < kBuckets; ++b)
+    slot[b + 1] = slot[b] + std::min(bucket_begin[b + 1] - bucket_begin[b], kLowKeys);
+  BulkVector<uint16_t> distinct_low(static_cast<size_t>(slot[kBuckets]));
+  BulkVector<uint32_t> distinct_count(static_cast<size_t>(slot[kBuckets]));
+  std::array<int64_t, kBuckets> distinct{};
+  std::atomic<int> next_bucket{0};
+  const int table_workers = std::min(workers, kBuckets);
+  parallel_for(
+      table_workers, 1,
+      [&](int64_t, int64_t, int) {
+        std::vector<uint32_t> table(kLowKeys, 0u);
+        for (int b; (b = next_bucket.fetch_add(1)) < kBuckets;) {
+          for (int64_t p = bucket_begin[b]; p < bucket_begin[b + 1]; ++p) ++table[low[p]];
+          uint16_t* keys = distinct_low.data() + slot[b];
+          uint32_t* counts = distinct_count.data() + slot[b];
+          // Branch-free compaction that also clears the table for the next bucket:
+          // entry m is rewritten until a non-zero count moves m on. m reaches the
+          // slot size only once every distinct key is in; the guard keeps the
+          // writes for the remaining (empty) keys inside the slot.
+          int64_t m = 0;
+          const int64_t size = slot[b + 1] - slot[b];
+          for (int64_t v = 0; v < kLowKeys; ++v) {
+            const uint32_t c = table[v];
+            if (m < size) {
+              keys[m] = static_cast<uint16_t>(v);
+              counts[m] = c;
+            }
+            m += c != 0;
+            table[v] = 0;
+          }
+          distinct[b] = m;
+        }
+      },
+      table_workers);
+  low = BulkVector<uint16_t>();  // release 2 bytes per pixel before the output is allocated
   std::array<int64_t, kBuckets + 1> out_begin{};
-  for (int b = 0; b < kBuckets; ++b) {
-    out_begin[b] = distinct;
-    distinct += static_cast<int64_t>(bucket_keys[b].size());
-  }
+  for (int b = 0; b < kBuckets; ++b) out_begin[b + 1] = out_begin[b] + distinct[b];
   Histogram h;
   h.channels = 3;
   h.on_u8_grid = true;
-  h.values.resize(distinct * 3);
-  h.counts.resize(distinct);
-  parallel_for(kBuckets, 1, [&](int64_t b_begin, int64_t b_end, int) {
-    for (int64_t b = b_begin; b < b_end; ++b) {
-      int64_t out = out_begin[b];
-      for (size_t e = 0; e < bucket_keys[b].size(); ++e, ++out) {
-        const uint32_t key = bucket_keys[b][e];
-        h.values[out * 3 + 0] = u8_to_unit(static_cast<uint8_t>(key >> 16));
-        h.values[out * 3 + 1] = u8_to_unit(static_cast<uint8_t>(key >> 8));
-        h.values[out * 3 + 2] = u8_to_unit(static_cast<uint8_t>(key));
-        h.counts[out] = bucket_counts[b][e];
-      }
-    }
-  });
+  h.values.resize(static_cast<size_t>(out_begin[kBuckets]) * 3);  // all written below
+  h.counts.resize(static_cast<size_t>(out_begin[kBuckets]));
+  next_bucket = 0;
+  parallel_for(
+      table_workers, 1,
+      [&](int64_t, int64_t, int) {
+        for (int b; (b = next_bucket.fetch_add(1)) < kBuckets;) {
+          const float high = u8_to_unit(static_cast<uint8_t>(b));
+          const uint16_t* keys = distinct_low.data() + slot[b];
+          const uint32_t* counts = distinct_count.data() + slot[b];
+          float* values = h.values.data() + out_begin[b] * 3;
+          int64_t* out_counts = h.counts.data() + out_begin[b];
+          for (int64_t e = 0; e < distinct[b]; ++e) {
+            values[e * 3 + 0] = high;
+            values[e * 3 + 1] = u8_to_unit(static_cast<uint8_t>(keys[e] >> 8));
+            values[e * 3 + 2] = u8_to_unit(static_cast<uint8_t>(keys[e]));
+            out_counts[e] = counts[e];
+          }
+        }
+      },
+      table_workers);
   result = std::move(h);
   return true;
 }

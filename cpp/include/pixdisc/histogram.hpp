@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "pixdisc/bulk_allocator.hpp"
 #include "pixdisc/nearest.hpp"
 
 namespace pixdisc {
@@ -12,8 +13,9 @@ namespace pixdisc {
 // with how often each occurs. values is (n, channels) row-major.
 struct Histogram {
   int channels = 1;
-  std::vector<float> values;
-  std::vector<int64_t> counts;
+  // Bulk storage: millions of distinct colours are common (CIFAR-10 has ~4M).
+  BulkVector<float> values;
+  BulkVector<int64_t> counts;
   // True when every input value lay on the 1/255 grid (uint8 data or floats
   // that are exactly v/255): then values are exactly k/255 floats.
   bool on_u8_grid = false;
