@@ -6,7 +6,9 @@
 // 4 KiB page (~25k faults for 100 MB). So elements are default-initialised
 // (left unwritten), and blocks of at least kHugeThreshold bytes are aligned
 // to 2 MiB and offered to transparent huge pages, where the kernel supports
-// them; elsewhere this is a plain aligned allocation.
+// them; elsewhere this is a plain aligned allocation. NumPy does the same for
+// its own arrays of 4 MiB and more. Measured on the 51M-pixel RGB histogram
+// (2-core EPYC VM): 0.070 s with huge pages, 0.092 s without.
 #pragma once
 
 #include <cstddef>
