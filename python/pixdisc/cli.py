@@ -547,7 +547,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                                    "re-trained versions), attack all six settings and write JSON, Markdown and "
                                    "PNG reports into --out.")
     _add_data_options(p)
-    p.add_argument("--out", type=Path, default=None, help="report folder (default: pixdisc-DATASET)")
+    p.add_argument("-o", "--out", type=Path, default=None, help="report folder (default: pixdisc-DATASET)")
     p.add_argument("--codebook", type=Path, help="use this codebook instead of fitting Algorithm 1")
     p.add_argument("-k", type=int, default=None, help="codes for Algorithm 1 (default: the paper's)")
     p.add_argument("-r", "--radius", dest="r", type=float, default=None, help="removal radius (default: the paper's)")
@@ -587,7 +587,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the paper's MNIST experiment on the embedded data (minutes on 2 cores)",
                        description="Fit codes on MNIST-5k (k=2, r=0.6), train natural and adversarial models, run "
                                    "BPDA/PGD at eps=0.3 and write a Table-II-style report (JSON, Markdown, PNG).")
-    p.add_argument("--out", type=Path, default=Path("pixdisc-demo"), help="report folder (default: pixdisc-demo)")
+    p.add_argument("-o", "--out", type=Path, default=Path("pixdisc-demo"), help="report folder (default: pixdisc-demo)")
     p.add_argument("--quick", action="store_true", help="a reduced smoke run (seconds; numbers are meaningless)")
     p.add_argument("--seed", type=int, default=0)
     _add_report_options(p)
@@ -752,7 +752,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="reproduce the paper's tables and figures on the data available",
                        description="Write index.md (our numbers beside the paper's), PNG figures and raw JSON.")
     p.add_argument("target", choices=TARGETS)
-    p.add_argument("--out", type=Path, default=Path("pixdisc-reproduce"))
+    p.add_argument("-o", "--out", type=Path, default=Path("pixdisc-reproduce"))
     p.add_argument("--quick", action="store_true", help="reduced budgets: minutes on 2 cores, numbers not comparable")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="folder holding CIFAR-10 / GTSRB / ImageNet-dev / MNIST IDX sub-folders")
