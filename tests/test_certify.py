@@ -17,7 +17,6 @@ import pixdisc  # noqa: E402
 from pixdisc.candidates import candidate_sets  # noqa: E402
 from pixdisc.certification import Budget, certify  # noqa: E402
 
-import reference as ref  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

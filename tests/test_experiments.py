@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from pixdisc import cli
 from pixdisc.experiments import (

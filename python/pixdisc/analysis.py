@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _backend
+from ._files import PathLike
+from ._plotting import png_figure
 from .candidates import candidate_counts
 from .codebook import Codebook, DensityCodebook
 from .pixels import PixelView, as_pixels
@@ -35,8 +35,6 @@ LEVELS = 256
 # Exact sampling in generate_ideal lists every integer offset inside the noise
 # ball; beyond this many the lists stop being cheap.
 _MAX_OFFSETS = 1 << 24
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 # --------------------------------------------------------------------------
@@ -371,42 +369,11 @@ def lemma1_experiment(codes: Any, sigma: float, nu: float, sizes: Sequence[int],
 # Plots (matplotlib, Agg): each writes a PNG atomically and returns its path
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    # Agg: files only, no display needed (servers, CI).
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(figure: Any, path: PathLike) -> Path:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-    os.close(handle)
-    try:
-        figure.savefig(temporary, dpi=110, format="png")
-        # mkstemp creates 0600; a figure is for sharing, so honour the umask like open() would.
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(temporary, 0o666 & ~mask)
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return target
-
-
 def plot_fragmentation_cdf(values: Union[Any, Mapping[str, Any]], path: PathLike,
                            title: Optional[str] = None) -> Path:
     """Fig. 5: the CDF of the fragmentation measure; ``values`` is one array or ``{label: array}``."""
     series = dict(values) if isinstance(values, Mapping) else {"": values}
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(5.5, 4))
-    try:
+    with png_figure(path, (5.5, 4), title) as (_, axes):
         for label, v in series.items():
             xs, fraction = fragmentation_cdf(v)
             axes.step(xs, fraction, where="post", label=label or None)
@@ -416,12 +383,7 @@ def plot_fragmentation_cdf(values: Union[Any, Mapping[str, Any]], path: PathLike
         axes.grid(alpha=0.3)
         if any(series):
             axes.legend(fontsize=8)
-        if title:
-            axes.set_title(title)
-        figure.tight_layout()
-        return _save(figure, path)
-    finally:
-        plt.close(figure)
+    return Path(path)
 
 
 def plot_pixel_histogram(counts: Any, path: PathLike, title: Optional[str] = None) -> Path:
@@ -430,9 +392,7 @@ def plot_pixel_histogram(counts: Any, path: PathLike, title: Optional[str] = Non
     rows = c[None, :] if c.ndim == 1 else c
     if rows.ndim != 2:
         raise ValueError(f"counts must be (levels,) or (C, levels), got shape {c.shape}")
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 4))
-    try:
+    with png_figure(path, (6, 4), title) as (_, axes):
         colours = ["0.3"] if rows.shape[0] == 1 else ["tab:red", "tab:green", "tab:blue", "0.3"]
         for i, row in enumerate(rows):
             label = None if rows.shape[0] == 1 else f"channel {i}"
@@ -444,12 +404,7 @@ def plot_pixel_histogram(counts: Any, path: PathLike, title: Optional[str] = Non
         axes.set_ylabel("number of pixels")
         if rows.shape[0] > 1:
             axes.legend(fontsize=8)
-        if title:
-            axes.set_title(title)
-        figure.tight_layout()
-        return _save(figure, path)
-    finally:
-        plt.close(figure)
+    return Path(path)
 
 
 def plot_neighbourhood_scatter(colours: Any, sizes: Any, path: PathLike, sample: Optional[int] = 40_000,
@@ -472,10 +427,8 @@ def plot_neighbourhood_scatter(colours: Any, sizes: Any, path: PathLike, sample:
     if sample is not None and n.size > sample:
         pick = np.random.default_rng(seed).choice(n.size, size=int(sample), replace=False)
         points, scale = points[pick], scale[pick]
-    plt = _pyplot()
-    figure = plt.figure(figsize=(6, 5))
-    try:
-        axes = figure.add_subplot(projection="3d")
+    # No tight_layout: it cannot place 3-D axes with a colour bar.
+    with png_figure(path, (6, 5), title, projection="3d", tight_layout=False) as (figure, axes):
         drawn = axes.scatter(points[:, 0], points[:, 1], points[:, 2], c=scale, cmap="viridis", vmin=0, vmax=1,
                              s=1, depthshade=False)
         axes.set_xlabel("R")
@@ -483,34 +436,23 @@ def plot_neighbourhood_scatter(colours: Any, sizes: Any, path: PathLike, sample:
         axes.set_zlabel("B")
         figure.colorbar(drawn, ax=axes, shrink=0.7, pad=0.12,
                         label="log |N| / log max |N|" if log_scale else "|N| / max |N|")
-        if title:
-            axes.set_title(title)
-        return _save(figure, path)
-    finally:
-        plt.close(figure)
+    return Path(path)
 
 
 def plot_robustness_curves(eps: Sequence[float], curves: Mapping[str, Sequence[float]], path: PathLike,
                            title: Optional[str] = None, ylabel: str = "robust accuracy (%)") -> Path:
     """Figs. 1-4: accuracy against eps, one line per setting; ``curves`` maps a label to fractions in [0, 1]."""
     xs = np.asarray(eps, dtype=np.float64)
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 4.5))
-    try:
+    for label, values in curves.items():
+        if np.shape(values) != xs.shape:
+            raise ValueError(f"curve {label!r} has {np.size(values)} values for {xs.size} eps")
+    with png_figure(path, (6, 4.5), title) as (_, axes):
         for label, values in curves.items():
-            v = np.asarray(values, dtype=np.float64)
-            if v.shape != xs.shape:
-                raise ValueError(f"curve {label!r} has {v.size} values for {xs.size} eps")
-            axes.plot(xs, 100 * v, marker="o", label=label)
+            axes.plot(xs, 100 * np.asarray(values, dtype=np.float64), marker="o", label=label)
         axes.set_xlabel("eps (l_inf, pixel scale [0,1])")
         axes.set_ylabel(ylabel)
         axes.set_ylim(-2, 102)
         axes.grid(alpha=0.3)
         if curves:
             axes.legend(fontsize=8)
-        if title:
-            axes.set_title(title)
-        figure.tight_layout()
-        return _save(figure, path)
-    finally:
-        plt.close(figure)
+    return Path(path)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _backend
+from ._files import atomic_write
 from .pixels import PixelView, as_pixels, histogram_of
 
 __all__ = [
@@ -188,36 +188,20 @@ class Codebook:
             "params": self.get_params(),
             "fitted": {k: _jsonable(v) for k, v in extra.items()},
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        _give_default_permissions(tmp)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    format_version=np.int64(FORMAT_VERSION),
-                    codes=self._require_fitted(),
-                    metric=np.str_(self.metric),
-                    meta=np.str_(json.dumps(meta)),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path) as f:
+            np.savez(
+                f,
+                format_version=np.int64(FORMAT_VERSION),
+                codes=self._require_fitted(),
+                metric=np.str_(self.metric),
+                meta=np.str_(json.dumps(meta)),
+            )
         return path
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         fitted = f", n_codes={self.n_codes}" if self.is_fitted else ""
         return f"{type(self).__name__}({params}{fitted})"
-
-
-def _give_default_permissions(path: str) -> None:
-    """mkstemp creates 0600 files; give the file what open() would have (0666 minus the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _jsonable(v: Any) -> Any:

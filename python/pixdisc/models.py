@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -14,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from ._files import atomic_write
 
 __all__ = [
     "MODELS",
@@ -262,25 +263,9 @@ def build_model(name: str, in_channels: int = 1, num_classes: int = 10, **kwargs
 
 
 def _atomic_torch_save(payload: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file in the target folder, then rename: readers never see half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    umask = os.umask(0)  # mkstemp makes 0600 files; give what open() would (0666 minus the umask)
-    os.umask(umask)
-    os.chmod(temporary_name, 0o666 & ~umask)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary_name, target)
-    except BaseException:
-        try:
-            os.unlink(temporary_name)
-        except FileNotFoundError:
-            pass
-        raise
+    """``torch.save`` then rename, fsynced: readers never see half a file, a crash never loses the old one."""
+    with atomic_write(path, durable=True) as stream:
+        torch.save(payload, stream)
 
 
 def _safe_torch_load(path: str | os.PathLike[str], map_location: Any, what: str) -> Any:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from ._files import write_text
+from ._plotting import png_figure
+from .paper import PAPER_SOURCE, table_ii_settings
 
 __all__ = [
     "PAPER_CITATION",
@@ -22,46 +25,17 @@ __all__ = [
     "write_report",
 ]
 
-PAPER_CITATION = (
-    "Chen, Wu, Rastogi, Liang, Jha: Towards Understanding Limitations of Pixel Discretization "
-    "Against Adversarial Attacks, arXiv:1805.07816v5 (2019), Table II (codes by density estimation)"
-)
+PAPER_CITATION = f"{PAPER_SOURCE}, Table II (codes by density estimation)"
 
-# Table II of the paper, copied digit for digit, as (accuracy %, robustness %) per setting.
-# Its rows map onto the six settings as: "k=256" (no discretization) is nat_pre /
-# adv_pre; "k=2, pre-trained" is disc_*_pre; "k=2, re-trained" is disc_*_re.
-# MNIST: eps=0.3, 100-step attacks, codes k=2, r=0.6; Fashion-MNIST: eps=0.1,
-# 100 steps, k=2, r=0.2. The paper used the full data sets and Madry et al.'s
-# models, so these are the published reference, not a target for a 4k-image CNN.
-# (Fashion-MNIST disc_adv_re robustness reads "70.059" in our copy of the
-# paper, a garbled "70.05%"; Table I's neighbouring cell is 69.99%.)
+# Table II of the paper as (accuracy %, robustness %) per setting, for the two
+# data sets the six-setting experiment runs on. Its rows map onto the six
+# settings as: "k=256" (no discretization) is nat_pre / adv_pre; "k=2,
+# pre-trained" is disc_*_pre; "k=2, re-trained" is disc_*_re. MNIST: eps=0.3,
+# 100-step attacks, codes k=2, r=0.6; Fashion-MNIST: eps=0.1, 100 steps, k=2,
+# r=0.2. The paper used the full data sets and Madry et al.'s models, so these
+# are the published reference, not a target for a 4k-image CNN.
 PAPER_TABLE_II: dict[str, dict[str, Any]] = {
-    "mnist": {
-        "eps": 0.3,
-        "k": 2,
-        "r": 0.6,
-        "settings": {
-            "nat_pre": (99.17, 0.00),
-            "adv_pre": (98.40, 92.72),
-            "disc_nat_pre": (98.81, 75.35),
-            "disc_adv_pre": (98.17, 97.24),
-            "disc_nat_re": (99.15, 80.91),
-            "disc_adv_re": (98.56, 92.80),
-        },
-    },
-    "fashion_mnist": {
-        "eps": 0.1,
-        "k": 2,
-        "r": 0.2,
-        "settings": {
-            "nat_pre": (91.18, 0.00),
-            "adv_pre": (86.26, 71.53),
-            "disc_nat_pre": (77.18, 38.07),
-            "disc_adv_pre": (82.68, 66.52),
-            "disc_nat_re": (86.74, 41.75),
-            "disc_adv_re": (86.18, 70.05),
-        },
-    },
+    name: table_ii_settings(name, eps=eps, k=2, r=r) for name, eps, r in (("mnist", 0.3, 0.6), ("fashion_mnist", 0.1, 0.2))
 }
 
 # The embedded MNIST subset is real MNIST: compare it with the paper's MNIST row.
@@ -195,13 +169,13 @@ def write_markdown(result: Mapping[str, Any], path: str | os.PathLike[str]) -> P
     if versions:
         lines.append("Versions: " + ", ".join(f"{key} {value}" for key, value in versions.items()))
         lines.append("")
-    return _atomic_write_text("\n".join(lines), Path(path))
+    return write_text(path, "\n".join(lines))
 
 
 def write_json(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """The whole result as strict JSON (NaN becomes null), written atomically."""
     text = json.dumps(_strict(result), indent=2, sort_keys=False, allow_nan=False)
-    return _atomic_write_text(text + "\n", Path(path))
+    return write_text(path, text + "\n")
 
 
 def _strict(value: Any) -> Any:
@@ -214,48 +188,17 @@ def _strict(value: Any) -> Any:
     return value
 
 
-def _atomic_write_text(text: str, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        _public_mode(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
-
-
-def _public_mode(path: str) -> None:
-    # mkstemp creates 0600 files; a report is meant to be read like any file the user writes.
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    # Agg: files only, no display needed (servers, CI).
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_accuracy(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Bar chart: clean vs worst-case robust accuracy per setting, the paper's robust accuracy as markers."""
-    plt = _pyplot()
     names = list(result["settings"])
     clean = [100 * (result["settings"][name]["clean_accuracy"] or 0.0) for name in names]
     robust = [100 * (result["settings"][name]["robust_accuracy"] or 0.0) for name in names]
     positions = range(len(names))
     width = 0.38
-    figure, axes = plt.subplots(figsize=(9, 4.5))
-    try:
+    attack = result["attack"]
+    title = (f"{result['dataset']['name']}: eps={attack['eps']:g}, {attack['steps']} steps, "
+             f"n={result['dataset']['n_test']}")
+    with png_figure(path, (9, 4.5), title) as (_, axes):
         axes.bar([p - width / 2 for p in positions], clean, width, label="clean", color="#4c72b0")
         axes.bar([p + width / 2 for p in positions], robust, width, label="robust (worst case)", color="#dd8452")
         paper = result.get("paper")
@@ -274,14 +217,8 @@ def plot_accuracy(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Pa
         axes.set_xticklabels(names, rotation=20)
         axes.set_ylim(0, 118)
         axes.set_ylabel("accuracy (%)")
-        attack = result["attack"]
-        axes.set_title(f"{result['dataset']['name']}: eps={attack['eps']:g}, {attack['steps']} steps, "
-                       f"n={result['dataset']['n_test']}")
         axes.legend(loc="upper left", ncol=3, fontsize=8)
-        figure.tight_layout()
-        return _save_figure(figure, Path(path))
-    finally:
-        plt.close(figure)
+    return Path(path)
 
 
 def plot_eps_curve(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path | None:
@@ -289,36 +226,16 @@ def plot_eps_curve(result: Mapping[str, Any], path: str | os.PathLike[str]) -> P
     curve = result.get("curve")
     if not curve or not curve.get("settings"):
         return None
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 4.5))
-    try:
+    title = f"{result['dataset']['name']}: PGD-CE, {curve['steps']} steps, n={curve['n']}"
+    with png_figure(path, (6, 4.5), title) as (_, axes):
         for name, values in curve["settings"].items():
             axes.plot(curve["eps"], [100 * v for v in values], marker="o", label=name)
         axes.set_xlabel("eps (l_inf, pixel scale [0,1])")
         axes.set_ylabel("robust accuracy (%)")
         axes.set_ylim(-2, 102)
-        axes.set_title(f"{result['dataset']['name']}: PGD-CE, {curve['steps']} steps, n={curve['n']}")
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
-        figure.tight_layout()
-        return _save_figure(figure, Path(path))
-    finally:
-        plt.close(figure)
-
-
-def _save_figure(figure: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
-        figure.savefig(temporary, dpi=110, format="png")
-        _public_mode(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
+    return Path(path)
 
 
 def write_report(result: Mapping[str, Any], out_dir: str | os.PathLike[str],

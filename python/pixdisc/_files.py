@@ -1,0 +1,49 @@
+"""Atomic file writes: a reader, or a run killed half way, never sees half a file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb", durable: bool = False) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; when the block succeeds it replaces ``path``.
+
+    The file gets the permissions ``open()`` would give (0666 minus the
+    umask), not ``mkstemp``'s 0600: reports, models and codebooks are meant to
+    be shared. ``durable`` also fsyncs before the rename, for checkpoints that
+    must survive a crash of the machine, not just of the process. On any
+    error the temporary file is removed and ``path`` is left as it was.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        with os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as stream:
+            yield stream
+            if durable:
+                stream.flush()
+                os.fsync(stream.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
+    with atomic_write(path, "w") as stream:
+        stream.write(text)
+    return Path(path)
