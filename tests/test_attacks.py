@@ -26,27 +26,12 @@ from pixdisc.attacks import (
 )
 from pixdisc.models import build_model
 
+from standins import StandInDefense
+
 TOLERANCE = 1e-6
 
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
-
-
-class _RoundStraightThrough(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
-        return (x >= 0.5).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_output: Tensor) -> Tensor:  # noqa: D102
-        return grad_output
-
-
-class StandInDefense(nn.Module):
-    """Stand-in for pixdisc.Discretize: codes {0, 1}, identity (straight-through) BPDA backward."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return _RoundStraightThrough.apply(x)
 
 
 class Recorder(nn.Module):

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from .models import _model_device
+
 __all__ = [
     "ATTACKS",
     "LOSSES",
@@ -170,14 +172,6 @@ def _generator(seed: int | None) -> torch.Generator:
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
     return torch.Generator().manual_seed(int(seed))
-
-
-def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return fallback
 
 
 # ----------------------------------------------------------------------------

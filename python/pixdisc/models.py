@@ -384,6 +384,7 @@ def load_model(
 
 
 def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    """Where the model's first parameter (or buffer) lives; ``fallback`` for a model with neither."""
     for tensor in model.parameters():
         return tensor.device
     for tensor in model.buffers():
