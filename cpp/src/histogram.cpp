@@ -155,7 +155,7 @@ bool radix_histogram3(const Source& src, PixelLayout layout, Histogram& result) 
   std::vector<char> off_grid(workers, 0);
   auto for_each_key = [&](int64_t begin, int64_t end, int w, auto&& fn) {
     uint32_t key;
-    if (inner == 1) {  // channels last (NHWC, (N, 3)): a plain walk, kept separate so it vectorises
+    if (inner == 1) {  // channels last (NHWC, (N, 3)): a plain walk without the (o, i) bookkeeping
       for (int64_t p = begin; p < end; ++p) {
         if (!src.key(p * 3, 1, 3, key)) {
           off_grid[w] = 1;
@@ -216,10 +216,11 @@ bool radix_histogram3(const Source& src, PixelLayout layout, Histogram& result) 
           for (int64_t p = bucket_begin[b]; p < bucket_begin[b + 1]; ++p) ++table[low[p]];
           uint16_t* keys = distinct_low.data() + slot[b];
           uint32_t* counts = distinct_count.data() + slot[b];
-          // Branch-free compaction that also clears the table for the next bucket:
-          // entry m is rewritten until a non-zero count moves m on. m reaches the
-          // slot size only once every distinct key is in; the guard keeps the
-          // writes for the remaining (empty) keys inside the slot.
+          // Compaction without a data-dependent branch, clearing the table for the
+          // next bucket on the way: entry m is rewritten until a non-zero count
+          // moves m on. m reaches the slot size only once every distinct key is
+          // in; the (always predicted) guard keeps the writes for the remaining
+          // empty keys inside the slot.
           int64_t m = 0;
           const int64_t size = slot[b + 1] - slot[b];
           for (int64_t v = 0; v < kLowKeys; ++v) {
