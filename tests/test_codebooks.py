@@ -250,3 +250,66 @@ def test_codebook_pickles_without_its_native_cache(rng):
     before = book.assign(x)  # builds the native index
     clone = pickle.loads(pickle.dumps(book))
     np.testing.assert_array_equal(clone.assign(x), before)
+
+
+# --- scikit-learn protocol ----------------------------------------------------------------------
+
+SKLEARN_ESTIMATORS = [
+    lambda: pixdisc.DensityCodebook(k=3, r=0.2, metric="l1"),
+    lambda: pixdisc.KMedoidsCodebook(k=3, random_state=1),
+    lambda: pixdisc.KMeansCodebook(k=3, random_state=1),
+    lambda: pixdisc.UniformCodebook(k=3),
+    lambda: pixdisc.Codebook(np.array([[0.0], [0.5], [1.0]], np.float32), metric="l2"),
+]
+
+
+@pytest.mark.parametrize("make", SKLEARN_ESTIMATORS)
+def test_sklearn_clone_copies_parameters_not_the_fit(make, rng):
+    from sklearn.base import clone
+
+    x = rng.integers(0, 256, size=(20, 6, 6), dtype=np.uint8)
+    book = make().fit(x)
+    copy = clone(book)
+    assert type(copy) is type(book) and copy is not book
+    assert copy.get_params() == book.get_params() == book.get_params(deep=False)
+    if isinstance(book, pixdisc.Codebook) and type(book) is pixdisc.Codebook:
+        np.testing.assert_array_equal(copy.codes_, book.codes_)  # given codes are data: copied
+        assert copy.codes_ is not book.codes_
+    elif not isinstance(book, pixdisc.UniformCodebook):
+        assert not copy.is_fitted
+        with pytest.raises(pixdisc.NotFittedError, match="not fitted"):
+            copy.transform(x)
+    np.testing.assert_array_equal(copy.fit(x).transform(x), book.transform(x))
+
+
+def test_set_params_validates_and_resets_a_learned_fit(rng):
+    x = rng.integers(0, 256, size=(20, 6, 6), dtype=np.uint8)
+    book = pixdisc.DensityCodebook(k=2, r=0.6).fit(x)
+    assert book.set_params(k=3, r=0.1) is book
+    assert (book.k, book.r) == (3, 0.1) and not book.is_fitted and not hasattr(book, "densities_")
+    assert book.fit(x).n_codes == 3
+    with pytest.raises(ValueError, match=r"invalid parameter\(s\) \['radius'\]"):
+        book.set_params(radius=0.2)
+    with pytest.raises(ValueError, match="r must be"):
+        book.set_params(r=-1.0)
+    assert book.r == 0.1 and book.is_fitted  # a refused change leaves the codebook as it was
+    plain = pixdisc.Codebook(np.array([[0.0], [1.0]], np.float32)).set_params(metric="l1")
+    assert plain.metric == "l1" and plain.n_codes == 2
+
+
+def test_codebooks_work_in_sklearn_pipelines_and_grid_search(rng):
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    x = rng.random((60, 16), dtype=np.float32)
+    y = (x.mean(axis=1) > 0.5).astype(int)
+    pipe = make_pipeline(pixdisc.DensityCodebook(k=2, r=0.5), FunctionTransformer(lambda z: z.mean(axis=1, keepdims=True)))
+    out = pipe.fit_transform(x, y)
+    assert out.shape == (60, 1)
+
+    def score(estimator, X, y=None):  # pixels kept within 0.25 of their codes
+        return float(np.mean(np.abs(estimator.transform(X) - X) <= 0.25))
+
+    search = GridSearchCV(pixdisc.DensityCodebook(k=1, r=0.1), {"k": [1, 2, 4]}, scoring=score, cv=3).fit(x, y)
+    assert search.best_params_ == {"k": 4}

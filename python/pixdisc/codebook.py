@@ -130,8 +130,9 @@ class Codebook:
         out = self._nearest_index().transform(view.data.reshape(-1), view.outer, view.channels, view.inner)
         return view.wrap(out.reshape(view.shape))
 
-    def fit_transform(self, X: Any, channel_axis: Optional[int] = None, **kw: Any) -> Any:
-        return self.fit(X, channel_axis=channel_axis, **kw).transform(X, channel_axis=channel_axis)
+    def fit_transform(self, X: Any, y: Any = None, channel_axis: Optional[int] = None) -> Any:
+        """``fit(X)`` then ``transform(X)``; ``y`` is ignored (scikit-learn pipelines pass it)."""
+        return self.fit(X, channel_axis=channel_axis).transform(X, channel_axis=channel_axis)
 
     def _cuda_run(self, view: PixelView, want_values: bool) -> Tuple[Any, Any]:
         import torch
@@ -174,8 +175,48 @@ class Codebook:
         state["_device_codes"] = {}
         return state
 
-    def get_params(self) -> Dict[str, Any]:
+    # -- scikit-learn protocol ------------------------------------------------
+    def get_params(self, deep: bool = True) -> Dict[str, Any]:
+        """Constructor parameters (``deep`` is scikit-learn's; a codebook holds no sub-estimators).
+
+        The codes of a plain :class:`Codebook` are data, not a parameter:
+        ``sklearn.base.clone`` copies them through ``__sklearn_clone__``.
+        """
         return {"metric": self.metric}
+
+    def set_params(self, **params: Any) -> "Codebook":
+        """Change parameters, validated as the constructor validates them.
+
+        A codebook learned from data is reset (fit it again): its codes
+        belong to the old parameters. A plain :class:`Codebook` keeps its codes.
+        """
+        current = self.get_params()
+        unknown = sorted(set(params) - set(current))
+        if unknown:
+            raise ValueError(f"invalid parameter(s) {unknown} for {type(self).__name__}; valid: {sorted(current)}")
+        fresh = self._with_params({**current, **params})
+        self.__dict__.clear()
+        self.__dict__.update(fresh.__dict__)
+        return self
+
+    def fit(self, X: Any = None, y: Any = None, channel_axis: Optional[int] = None) -> "Codebook":
+        """Given codes need no fitting: returns ``self`` (scikit-learn pipelines call ``fit``)."""
+        return self
+
+    def __sklearn_tags__(self) -> Any:
+        """What scikit-learn (>= 1.6) pipelines and searches ask of a transformer."""
+        from sklearn.utils import Tags, TargetTags, TransformerTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False),
+                    transformer_tags=TransformerTags(preserves_dtype=["float32"]),
+                    requires_fit=isinstance(self, _FittableCodebook))
+
+    def __sklearn_clone__(self) -> "Codebook":
+        """An unfitted copy with the same parameters (``sklearn.base.clone`` calls this)."""
+        return self._with_params(self.get_params())
+
+    def _with_params(self, params: Dict[str, Any]) -> "Codebook":
+        return type(self)(self._require_fitted(), **params)
 
     def save(self, path: Union[str, os.PathLike]) -> Path:
         """Write a versioned ``.npz`` (no pickles) atomically; returns the path."""
@@ -222,6 +263,9 @@ class _FittableCodebook(Codebook):
         self._index = None
         self._device_codes = {}
 
+    def _with_params(self, params: Dict[str, Any]) -> "Codebook":
+        return type(self)(**params)
+
     def _histogram(self, X: Any, channel_axis: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
         view = as_pixels(X, channel_axis)
         if view.n_pixels == 0:
@@ -260,10 +304,10 @@ class DensityCodebook(_FittableCodebook):
         self.kernel = kernel
         self.bandwidth = None if bandwidth is None else float(bandwidth)
 
-    def get_params(self) -> Dict[str, Any]:
+    def get_params(self, deep: bool = True) -> Dict[str, Any]:
         return {"k": self.k, "r": self.r, "metric": self.metric, "kernel": self.kernel, "bandwidth": self.bandwidth}
 
-    def fit(self, X: Any, channel_axis: Optional[int] = None) -> "DensityCodebook":
+    def fit(self, X: Any, y: Any = None, channel_axis: Optional[int] = None) -> "DensityCodebook":
         values, counts = self._histogram(X, channel_axis)
         res = _backend._core.density_codebook(
             values, counts, self.k, self.r, _metric_id(self.metric), KERNELS.index(self.kernel),
@@ -297,11 +341,11 @@ class KMedoidsCodebook(_FittableCodebook):
         self.max_iter = _positive_int("max_iter", max_iter)
         self.max_values = _positive_int("max_values", max_values)
 
-    def get_params(self) -> Dict[str, Any]:
+    def get_params(self, deep: bool = True) -> Dict[str, Any]:
         return {"k": self.k, "metric": self.metric, "random_state": self.random_state,
                 "max_iter": self.max_iter, "max_values": self.max_values}
 
-    def fit(self, X: Any, channel_axis: Optional[int] = None) -> "KMedoidsCodebook":
+    def fit(self, X: Any, y: Any = None, channel_axis: Optional[int] = None) -> "KMedoidsCodebook":
         values, counts = self._histogram(X, channel_axis)
         if values.shape[0] > self.max_values:
             raise ValueError(
@@ -334,11 +378,11 @@ class KMeansCodebook(_FittableCodebook):
         self.max_iter = _positive_int("max_iter", max_iter)
         self.tol = float(tol)
 
-    def get_params(self) -> Dict[str, Any]:
+    def get_params(self, deep: bool = True) -> Dict[str, Any]:
         return {"k": self.k, "random_state": self.random_state, "max_iter": self.max_iter,
                 "tol": self.tol, "metric": self.metric}
 
-    def fit(self, X: Any, channel_axis: Optional[int] = None) -> "KMeansCodebook":
+    def fit(self, X: Any, y: Any = None, channel_axis: Optional[int] = None) -> "KMeansCodebook":
         values, counts = self._histogram(X, channel_axis)
         res = _backend._core.kmeans_codebook(values, counts, self.k, _seed(self.random_state),
                                              self.max_iter, self.tol)
@@ -368,7 +412,7 @@ class UniformCodebook(_FittableCodebook):
         if channels is not None:
             self._set_codes(self._grid(channels))
 
-    def get_params(self) -> Dict[str, Any]:
+    def get_params(self, deep: bool = True) -> Dict[str, Any]:
         return {"k": self.k, "metric": self.metric, "channels": self.channels}
 
     def _grid(self, channels: int) -> np.ndarray:
@@ -379,7 +423,7 @@ class UniformCodebook(_FittableCodebook):
         levels = np.arange(self.k, dtype=np.float64) / (self.k - 1)
         return np.array(list(itertools.product(levels, repeat=channels)), dtype=np.float32)
 
-    def fit(self, X: Any = None, channel_axis: Optional[int] = None) -> "UniformCodebook":
+    def fit(self, X: Any = None, y: Any = None, channel_axis: Optional[int] = None) -> "UniformCodebook":
         channels = self.channels or 1
         if X is not None:
             channels = as_pixels(X, channel_axis).channels
