@@ -41,6 +41,15 @@ def test_rgb_histogram_pixdisc(benchmark, cifar_train_images):
 
 
 @pytest.mark.benchmark(group="RGB histogram, 51M uint8 pixels")
+def test_rgb_histogram_pixdisc_float_grid(benchmark, cifar_train_images):
+    """The same pixels as float32 v/255 (what torch pipelines hold): each value is checked to be on the grid."""
+    floats = cifar_train_images.astype(np.float32) / np.float32(255)
+    values, counts = benchmark(pixdisc.pixel_histogram, floats)
+    assert counts.sum() == cifar_train_images.size // 3
+    benchmark.extra_info["input"] = "float32"
+
+
+@pytest.mark.benchmark(group="RGB histogram, 51M uint8 pixels")
 def test_rgb_histogram_numpy_bincount(benchmark, cifar_train_images):
     def run():
         counts = np.bincount(_numpy_rgb_keys(cifar_train_images), minlength=1 << 24)

@@ -91,6 +91,29 @@ def test_rgb_histogram_off_grid_float_in_a_large_input(rng):
     np.testing.assert_array_equal(counts, expect_counts)
 
 
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_float_grid_detection_is_exact(rng, channels):
+    """Exactly the float32 values k/255 count as 8-bit data; their float neighbours
+    and the half-way points between levels do not (they take the exact sort path)."""
+    grid = np.arange(256, dtype=np.float32) / np.float32(255)
+    on_grid = rng.choice(grid, size=(600_000, channels))
+    values, counts, flag = _backend._core.histogram(on_grid.reshape(-1), on_grid.shape[0], channels, 1)
+    assert flag
+    expect_values, expect_counts = ref.histogram(on_grid)
+    np.testing.assert_array_equal(values, expect_values)
+    np.testing.assert_array_equal(counts, expect_counts)
+    level = int(rng.integers(1, 255))
+    for off in (np.nextafter(grid[level], np.float32(0)), np.nextafter(grid[level], np.float32(1)),
+                np.float32((level + 0.5) / 255)):
+        x = on_grid.copy()
+        x[599_999, channels - 1] = off
+        values, counts, flag = _backend._core.histogram(x.reshape(-1), x.shape[0], channels, 1)
+        assert not flag
+        expect_values, expect_counts = ref.histogram(x)
+        np.testing.assert_array_equal(values, expect_values)
+        np.testing.assert_array_equal(counts, expect_counts)
+
+
 def test_histogram_gray_u8_matches_bincount(rng):
     x = rng.integers(0, 256, size=100_003, dtype=np.uint8)
     np.testing.assert_array_equal(_backend._core.histogram_gray_u8(x), np.bincount(x, minlength=256))

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 #include <sstream>
+#include <type_traits>
 
 namespace pixdisc {
 
@@ -40,7 +41,9 @@ void count_bytes(const uint8_t* x, int64_t n, uint32_t (*sub)[256]) {
   for (; p < n; ++p) ++sub[0][x[p]];
 }
 
-// Reads the 8-bit key of pixel (o, i); for floats also checks it is on the grid.
+// Reads the 8-bit key of pixel (o, i). key() for floats also checks that the
+// pixel is on the grid; trusted_key() skips that for a second pass over
+// pixels key() already accepted.
 struct U8Source {
   const uint8_t* x;
   bool key(int64_t base, int64_t inner, int channels, uint32_t& key) const {
@@ -48,21 +51,44 @@ struct U8Source {
     for (int c = 0; c < channels; ++c) key = (key << 8) | x[base + c * inner];
     return true;
   }
+  uint32_t trusted_key(int64_t base, int64_t inner, int channels) const {
+    uint32_t k;
+    key(base, inner, channels, k);
+    return k;
+  }
 };
 
-struct FloatGridSource {
-  const float* x;
+class FloatGridSource {
+ public:
+  explicit FloatGridSource(const float* x) : x_(x) {
+    for (int v = 0; v < 256; ++v) grid_[v] = u8_to_unit(static_cast<uint8_t>(v));
+  }
   bool key(int64_t base, int64_t inner, int channels, uint32_t& key) const {
     key = 0;
     for (int c = 0; c < channels; ++c) {
-      const float v = x[base + c * inner];
-      if (!in_unit_range(v)) return false;
-      const float q = std::nearbyint(v * 255.0f);
-      if (static_cast<float>(q) / 255.0f != v) return false;
-      key = (key << 8) | static_cast<uint32_t>(q);
+      const float v = x_[base + c * inner];
+      if (!in_unit_range(v)) return false;  // also rejects NaN
+      const uint32_t q = level(v);
+      // A table lookup, not a division: exactly the floats v/255 are on the grid.
+      if (grid_[q] != v) return false;
+      key = (key << 8) | q;
     }
     return true;
   }
+  uint32_t trusted_key(int64_t base, int64_t inner, int channels) const {
+    uint32_t key = 0;
+    for (int c = 0; c < channels; ++c) key = (key << 8) | level(x_[base + c * inner]);
+    return key;
+  }
+
+ private:
+  // Nearest level of v in [0, 1]; +0.5 and truncation instead of nearbyint,
+  // which is a libm call without SSE4.1. They differ only at exact halves,
+  // which are never on the grid.
+  static uint32_t level(float v) { return static_cast<uint32_t>(v * 255.0f + 0.5f); }
+
+  const float* x_;
+  float grid_[256];
 };
 
 Histogram from_dense(const std::vector<CountTable>& tables, int channels) {
@@ -153,11 +179,21 @@ bool radix_histogram3(const Source& src, PixelLayout layout, Histogram& result) 
   const int workers = planned_workers(n, 1 << 18);
   std::vector<std::array<int64_t, kBuckets>> start(workers);
   std::vector<char> off_grid(workers, 0);
-  auto for_each_key = [&](int64_t begin, int64_t end, int w, auto&& fn) {
+  // The first pass checks every pixel (floats must be on the grid); the second
+  // pass reads the same pixels again and trusts them.
+  auto for_each_key = [&](auto checked, int64_t begin, int64_t end, int w, auto&& fn) {
+    auto read = [&](int64_t base, int64_t stride, uint32_t& key) {
+      if constexpr (decltype(checked)::value) {
+        return src.key(base, stride, 3, key);
+      } else {
+        key = src.trusted_key(base, stride, 3);
+        return true;
+      }
+    };
     uint32_t key;
     if (inner == 1) {  // channels last (NHWC, (N, 3)): a plain walk without the (o, i) bookkeeping
       for (int64_t p = begin; p < end; ++p) {
-        if (!src.key(p * 3, 1, 3, key)) {
+        if (!read(p * 3, 1, key)) {
           off_grid[w] = 1;
           return;
         }
@@ -167,7 +203,7 @@ bool radix_histogram3(const Source& src, PixelLayout layout, Histogram& result) 
     }
     int64_t o = begin / inner, i = begin % inner;
     for (int64_t p = begin; p < end; ++p) {
-      if (!src.key(o * 3 * inner + i, inner, 3, key)) {
+      if (!read(o * 3 * inner + i, inner, key)) {
         off_grid[w] = 1;
         return;
       }
@@ -177,7 +213,7 @@ bool radix_histogram3(const Source& src, PixelLayout layout, Histogram& result) 
   };
   parallel_for(n, 1 << 18, [&](int64_t begin, int64_t end, int w) {
     start[w].fill(0);
-    for_each_key(begin, end, w, [&](uint32_t key) { ++start[w][key >> 16]; });
+    for_each_key(std::true_type{}, begin, end, w, [&](uint32_t key) { ++start[w][key >> 16]; });
   });
   if (std::any_of(off_grid.begin(), off_grid.end(), [](char f) { return f != 0; })) return false;
   // Bucket-major offsets: bucket b holds worker 0's keys, then worker 1's, ...
@@ -195,7 +231,8 @@ bool radix_histogram3(const Source& src, PixelLayout layout, Histogram& result) 
   BulkVector<uint16_t> low(static_cast<size_t>(n));  // every slot is written by the scatter
   parallel_for(n, 1 << 18, [&](int64_t begin, int64_t end, int w) {
     auto& cursor = start[w];
-    for_each_key(begin, end, w, [&](uint32_t key) { low[cursor[key >> 16]++] = static_cast<uint16_t>(key); });
+    for_each_key(std::false_type{}, begin, end, w,
+                 [&](uint32_t key) { low[cursor[key >> 16]++] = static_cast<uint16_t>(key); });
   });
   // Count each bucket and compact its distinct low keys into a slot of at
   // most min(pixels, 2^16) entries; buckets are handed out dynamically since
