@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pixdisc
+from pixdisc import _backend
 
 import reference as ref
 
@@ -50,6 +51,19 @@ def test_density_tie_goes_to_smallest_value():
     x = np.array([0.8, 0.8, 0.2, 0.2, 0.5], np.float32)
     book = pixdisc.DensityCodebook(k=3, r=0.0).fit(x)
     np.testing.assert_array_equal(book.codes_.ravel(), np.float32([0.2, 0.8, 0.5]))
+
+
+def test_density_identity_order_with_large_and_tied_counts(rng):
+    """With r=0 every value becomes a code, in the order (count desc, value asc):
+    counts spanning several radix digits (up to 2^41), with ties at every size."""
+    n = 5000
+    values = np.sort(rng.choice(1 << 16, size=n, replace=False)).astype(np.float32) / np.float32(1 << 16)
+    weights = rng.choice(np.array([0, 1, 2047, 2048, 70_000, 1 << 22, (1 << 41) + 5], np.int64), size=n)
+    weights[::7] = rng.integers(0, 1 << 30, size=weights[::7].size)
+    res = _backend._core.density_codebook(values[:, None], weights, n, 0.0, 0, 0, 0.0)
+    expect = np.lexsort((np.arange(n), -weights))
+    np.testing.assert_array_equal(res["code_indices"], expect)
+    np.testing.assert_array_equal(res["codes"].ravel(), values[expect])
 
 
 def test_density_early_stop_is_reported():

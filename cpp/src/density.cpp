@@ -2,8 +2,9 @@
 //
 // A grid of cells at least as wide as the largest radius in play (r, or the
 // kernel support) finds every value within that radius of a point by visiting
-// a few neighbouring cells; a max segment tree over (density, -index) gives
-// the next code, so each round costs only what it removes.
+// a few neighbouring cells. The next code comes from one radix-sorted order
+// (identity kernel: densities never change) or a max segment tree over
+// (density, -index) (box, gaussian), so each round costs only what it removes.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -158,40 +159,47 @@ void check_sorted_distinct(const float* values, int64_t n, int channels) {
   }
 }
 
-// With the identity kernel densities never change, so the next code is the
-// first value not yet removed in the fixed order (count desc, index asc).
-// Only the head of that order is ever needed: sort it in blocks on demand.
+// With the identity kernel densities never change, so the codes are the
+// values in one fixed order (count desc, index asc) with removed ones
+// skipped. Counts are integers: a stable LSD radix sort of the indices by
+// (max count - count) gives that order in a few linear passes (11-bit
+// digits, as many as the largest count needs).
 class CountOrder {
  public:
-  CountOrder(const int64_t* weights, int64_t n) : weights_(weights), order_(n) {
+  CountOrder(const int64_t* weights, int64_t n) : order_(n) {
     for (int64_t i = 0; i < n; ++i) order_[i] = static_cast<int32_t>(i);
+    uint64_t max = 0;
+    for (int64_t i = 0; i < n; ++i) max = std::max(max, static_cast<uint64_t>(weights[i]));
+    constexpr int kBits = 11;
+    constexpr uint64_t kMask = (uint64_t(1) << kBits) - 1;
+    std::vector<int32_t> sorted(n);
+    std::vector<int64_t> start(size_t(1) << kBits);
+    for (int shift = 0; shift < 64 && (max >> shift) != 0; shift += kBits) {
+      auto digit = [&](int32_t i) { return ((max - static_cast<uint64_t>(weights[i])) >> shift) & kMask; };
+      std::fill(start.begin(), start.end(), 0);
+      for (int32_t i : order_) ++start[digit(i)];
+      int64_t pos = 0;
+      for (auto& s : start) {
+        const int64_t c = s;
+        s = pos;
+        pos += c;
+      }
+      for (int32_t i : order_) sorted[start[digit(i)]++] = i;  // stable: equal counts keep index order
+      order_.swap(sorted);
+    }
   }
   // Next value in the order for which removed[] is false, or -1.
   int64_t next(const std::vector<char>& removed) {
-    while (true) {
-      if (pos_ == sorted_end_ && !extend()) return -1;
+    while (pos_ < static_cast<int64_t>(order_.size())) {
       const int32_t i = order_[pos_++];
       if (!removed[i]) return i;
     }
+    return -1;
   }
 
  private:
-  const int64_t* weights_;
   std::vector<int32_t> order_;
-  int64_t pos_ = 0, sorted_end_ = 0, block_ = 4096;
-
-  bool extend() {
-    const int64_t n = static_cast<int64_t>(order_.size());
-    if (sorted_end_ == n) return false;
-    const int64_t end = std::min(n, sorted_end_ + block_);
-    auto before = [&](int32_t a, int32_t b) {
-      return weights_[a] != weights_[b] ? weights_[a] > weights_[b] : a < b;
-    };
-    std::partial_sort(order_.begin() + sorted_end_, order_.begin() + end, order_.end(), before);
-    sorted_end_ = end;
-    block_ *= 2;  // geometric blocks keep the total cost O(n log n) at worst
-    return true;
-  }
+  int64_t pos_ = 0;
 };
 
 }  // namespace
