@@ -123,6 +123,48 @@ def test_kmedoids_refuses_too_many_values(rng):
         pixdisc.KMedoidsCodebook(3, max_values=10).fit(rng.random((100, 3), dtype=np.float32))
 
 
+def _lloyd(values, weights, centers, iterations):
+    """Plain brute-force weighted Lloyd iterations in float64 (the reference for the pruned ones)."""
+    centers = centers.astype(np.float64)
+    for _ in range(iterations):
+        d = ((values[:, None, :].astype(np.float64) - centers[None]) ** 2).sum(-1)
+        label = d.argmin(1)
+        for j in range(len(centers)):
+            members = label == j
+            if weights[members].sum() > 0:
+                centers[j] = np.clip((values[members] * weights[members, None]).sum(0) / weights[members].sum(), 0, 1)
+    return centers
+
+
+def test_kmeans_pruned_lloyd_equals_brute_force(rng):
+    """The bounds only skip work: after T iterations the centres equal T brute-force
+    Lloyd iterations from the same k-means++ start (no exact ties in random floats)."""
+    values = np.unique(rng.random((40_000, 3), dtype=np.float32), axis=0)
+    weights = rng.integers(1, 50, size=len(values)).astype(np.int64)
+    start = _backend._core.kmeans_codebook(values, weights, 16, 7, 0, 0.0)["codes"]  # 0 iterations: the start
+    for iterations in (1, 4, 12):
+        got = _backend._core.kmeans_codebook(values, weights, 16, 7, iterations, 0.0)["codes"]
+        expect = _lloyd(values, weights, start, iterations).astype(np.float32)
+        expect = expect[np.lexsort(expect.T[::-1])]
+        np.testing.assert_allclose(got, expect, rtol=0, atol=2e-7)
+
+
+def test_kmeans_does_not_depend_on_the_thread_count(rng):
+    values = np.unique(rng.random((60_000, 3), dtype=np.float32), axis=0)
+    weights = rng.integers(1, 9, size=len(values)).astype(np.int64)
+    before = pixdisc.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            pixdisc.set_num_threads(threads)
+            results.append(_backend._core.kmeans_codebook(values, weights, 24, 3, 30, 0.0))
+    finally:
+        pixdisc.set_num_threads(before)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r["codes"], results[0]["codes"])
+        assert r["cost"] == results[0]["cost"] and r["iterations"] == results[0]["iterations"]
+
+
 def test_kmeans_is_a_lloyd_fixed_point(rng):
     _, values, counts = weighted(rng, 3000, 3, levels=7)
     pixels = np.repeat(values, counts, axis=0)

@@ -190,10 +190,22 @@ ClusterResult kmedoids_codebook(const float* values, const int64_t* weights, int
   return result;
 }
 
+// Weighted k-means on distinct values. Two things keep it fast at CIFAR scale
+// (millions of distinct colours, k in the hundreds) without changing what it
+// computes:
+// - every sum runs over fixed blocks combined in block order, so results do
+//   not depend on the thread count;
+// - Lloyd's assignment step skips a value whose centre provably stays its
+//   strictly nearest one (Hamerly's bounds: an upper bound on the distance to
+//   its centre, a lower bound on the distance to every other centre, both
+//   moved by how far the centres moved). Only strict inequalities skip, so the
+//   labels equal a full scan's, ties to the lowest centre index included.
 ClusterResult kmeans_codebook(const float* values, const int64_t* weights, int64_t n, int channels,
                               int k, uint64_t seed, int max_iter, double tol) {
   check_inputs(weights, n, channels, k);
   SplitMix64 rng{seed};
+  constexpr int64_t kBlock = 1 << 14;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
   auto sq_dist = [&](const float* v, const double* c) {
     double s = 0.0;
     for (int ch = 0; ch < channels; ++ch) {
@@ -202,94 +214,170 @@ ClusterResult kmeans_codebook(const float* values, const int64_t* weights, int64
     }
     return s;
   };
-  auto sample = [&](const std::vector<double>& mass) -> int64_t {
-    const double total = std::accumulate(mass.begin(), mass.end(), 0.0);
-    if (!(total > 0.0)) return -1;
-    const double u = rng.uniform() * total;
-    double run = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-      run += mass[i];
-      if (run > u && mass[i] > 0.0) return i;
-    }
-    for (int64_t i = n - 1; i >= 0; --i)
-      if (mass[i] > 0.0) return i;
-    return -1;
+  auto for_blocks = [&](auto&& fn) {  // fn(block, begin, end)
+    parallel_for(blocks, 1, [&](int64_t b0, int64_t b1, int) {
+      for (int64_t b = b0; b < b1; ++b) fn(b, b * kBlock, std::min(n, (b + 1) * kBlock));
+    });
   };
 
   // Weighted k-means++: each new centre drawn with probability ~ w * D^2.
+  // Block sums of the mass make each draw O(blocks + block) after the update.
   std::vector<double> centers;
-  std::vector<double> mass(n), nearest_sq(n, std::numeric_limits<double>::infinity());
-  for (int64_t i = 0; i < n; ++i) mass[i] = double(weights[i]);
+  std::vector<double> mass(n), nearest_sq(n, std::numeric_limits<double>::infinity()), block_mass(blocks);
+  for_blocks([&](int64_t b, int64_t begin, int64_t end) {
+    double s = 0.0;
+    for (int64_t i = begin; i < end; ++i) s += mass[i] = double(weights[i]);
+    block_mass[b] = s;
+  });
+  auto sample = [&]() -> int64_t {
+    double total = 0.0;
+    for (double m : block_mass) total += m;
+    if (!(total > 0.0)) return -1;
+    const double u = rng.uniform() * total;
+    double run = 0.0;
+    int64_t last_positive = -1;
+    for (int64_t b = 0; b < blocks; ++b) {
+      if (block_mass[b] > 0.0) last_positive = b;
+      if (run + block_mass[b] <= u) {
+        run += block_mass[b];
+        continue;
+      }
+      for (int64_t i = b * kBlock, end = std::min(n, (b + 1) * kBlock); i < end; ++i) {
+        run += mass[i];
+        if (run > u && mass[i] > 0.0) return i;
+      }
+    }
+    // Rounding left u beyond the last sum: take the last value with mass.
+    if (last_positive < 0) return -1;
+    for (int64_t i = std::min(n, (last_positive + 1) * kBlock) - 1; i >= last_positive * kBlock; --i)
+      if (mass[i] > 0.0) return i;
+    return -1;
+  };
   for (int m = 0; m < k; ++m) {
-    const int64_t pick = sample(mass);
+    const int64_t pick = sample();
     if (pick < 0) break;  // fewer distinct (weighted) values than k
     for (int ch = 0; ch < channels; ++ch) centers.push_back(values[pick * channels + ch]);
-    const double* c = centers.data() + m * channels;
-    for (int64_t i = 0; i < n; ++i) {
-      nearest_sq[i] = std::min(nearest_sq[i], sq_dist(values + i * channels, c));
-      mass[i] = double(weights[i]) * nearest_sq[i];
-    }
+    const std::vector<double> c(centers.end() - channels, centers.end());
+    for_blocks([&](int64_t b, int64_t begin, int64_t end) {
+      double s = 0.0;
+      for (int64_t i = begin; i < end; ++i) {
+        nearest_sq[i] = std::min(nearest_sq[i], sq_dist(values + i * channels, c.data()));
+        s += mass[i] = double(weights[i]) * nearest_sq[i];
+      }
+      block_mass[b] = s;
+    });
   }
   const int kk = static_cast<int>(centers.size() / channels);
-  ClusterResult result;
+  std::vector<double>().swap(mass);
+  std::vector<double>().swap(nearest_sq);
+
+  // Bounds are kept with a little slack for the rounding of sqrt and of the
+  // running sums, so a skip is never wrong.
+  constexpr double kSlack = 1e-9;
   std::vector<int> label(n, -1);
-  const int workers = planned_workers(n, 4096);
-  std::vector<std::vector<double>> sums(workers, std::vector<double>(kk * (channels + 1)));
-  std::vector<char> changed(workers);
+  std::vector<double> upper(n, 0.0), lower(n, 0.0);
+  std::vector<double> moved(kk, 0.0), half_gap(kk, 0.0);
+  std::vector<double> block_sums(static_cast<size_t>(blocks) * kk * (channels + 1));
+  std::vector<char> block_changed(blocks);
+  ClusterResult result;
   for (int it = 0; it < max_iter; ++it) {
-    parallel_for(n, 4096, [&](int64_t begin, int64_t end, int w) {
-      auto& s = sums[w];
-      std::fill(s.begin(), s.end(), 0.0);
-      changed[w] = 0;
+    // Half the distance from each centre to its nearest other centre: a value
+    // closer than that to its centre cannot be nearer to any other.
+    double max_moved = 0.0;
+    for (int m = 0; m < kk; ++m) max_moved = std::max(max_moved, moved[m]);
+    for (int m = 0; m < kk; ++m) {
+      double best = std::numeric_limits<double>::infinity();
+      for (int o = 0; o < kk; ++o) {
+        if (o == m) continue;
+        double s = 0.0;
+        for (int ch = 0; ch < channels; ++ch) {
+          const double d = centers[m * channels + ch] - centers[o * channels + ch];
+          s += d * d;
+        }
+        best = std::min(best, s);
+      }
+      half_gap[m] = std::sqrt(best) / 2.0;
+    }
+    for_blocks([&](int64_t b, int64_t begin, int64_t end) {
+      double* sums = block_sums.data() + b * kk * (channels + 1);
+      std::fill(sums, sums + kk * (channels + 1), 0.0);
+      char changed = 0;
       for (int64_t i = begin; i < end; ++i) {
         const float* v = values + i * channels;
-        int arg = 0;
-        double best = sq_dist(v, centers.data());
-        for (int m = 1; m < kk; ++m) {
-          const double d = sq_dist(v, centers.data() + m * channels);
-          if (d < best) {
-            best = d;
-            arg = m;
+        int a = label[i];
+        if (a >= 0) {
+          upper[i] += moved[a] + kSlack;
+          lower[i] -= max_moved + kSlack;
+        }
+        const double bound = a >= 0 ? std::max(lower[i], half_gap[a]) : 0.0;
+        if (a < 0 || upper[i] >= bound) {
+          if (a >= 0) upper[i] = std::sqrt(sq_dist(v, centers.data() + a * channels)) + kSlack;
+          if (a < 0 || upper[i] >= bound) {
+            // Full scan: nearest (lowest index on ties) and second nearest.
+            int arg = 0;
+            double best = sq_dist(v, centers.data()), second = std::numeric_limits<double>::infinity();
+            for (int m = 1; m < kk; ++m) {
+              const double d = sq_dist(v, centers.data() + m * channels);
+              if (d < best) {
+                second = best;
+                best = d;
+                arg = m;
+              } else if (d < second) {
+                second = d;
+              }
+            }
+            changed |= arg != a;
+            a = label[i] = arg;
+            upper[i] = std::sqrt(best) + kSlack;
+            lower[i] = std::sqrt(second) - kSlack;
           }
         }
-        changed[w] |= label[i] != arg;
-        label[i] = arg;
         const double wi = double(weights[i]);
-        for (int ch = 0; ch < channels; ++ch) s[arg * (channels + 1) + ch] += wi * v[ch];
-        s[arg * (channels + 1) + channels] += wi;
+        for (int ch = 0; ch < channels; ++ch) sums[a * (channels + 1) + ch] += wi * v[ch];
+        sums[a * (channels + 1) + channels] += wi;
       }
+      block_changed[b] = changed;
     });
-    const int used = planned_workers(n, 4096);
     bool any_changed = false;
+    for (char c : block_changed) any_changed |= c != 0;
     double shift = 0.0;
     for (int m = 0; m < kk; ++m) {
       double total_w = 0.0;
       std::vector<double> acc(channels, 0.0);
-      for (int w = 0; w < used; ++w) {
-        for (int ch = 0; ch < channels; ++ch) acc[ch] += sums[w][m * (channels + 1) + ch];
-        total_w += sums[w][m * (channels + 1) + channels];
+      for (int64_t b = 0; b < blocks; ++b) {  // block order: independent of the thread count
+        const double* sums = block_sums.data() + (b * kk + m) * (channels + 1);
+        for (int ch = 0; ch < channels; ++ch) acc[ch] += sums[ch];
+        total_w += sums[channels];
       }
+      moved[m] = 0.0;
       if (total_w <= 0.0) continue;  // empty cluster keeps its centre
+      double step = 0.0;
       for (int ch = 0; ch < channels; ++ch) {
         const double c = std::clamp(acc[ch] / total_w, 0.0, 1.0);
-        shift = std::max(shift, std::abs(c - centers[m * channels + ch]));
+        const double d = c - centers[m * channels + ch];
+        step += d * d;
+        shift = std::max(shift, std::abs(d));
         centers[m * channels + ch] = c;
       }
+      moved[m] = std::sqrt(step);
     }
-    for (int w = 0; w < used; ++w) any_changed |= changed[w] != 0;
     result.iterations = it + 1;
     if (!any_changed || shift <= tol) {
       result.converged = true;
       break;
     }
   }
-  double cost = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    double best = std::numeric_limits<double>::infinity();
-    for (int m = 0; m < kk; ++m) best = std::min(best, sq_dist(values + i * channels, centers.data() + m * channels));
-    cost += double(weights[i]) * best;
-  }
-  result.cost = cost;
+  std::vector<double> block_cost(blocks);
+  for_blocks([&](int64_t b, int64_t begin, int64_t end) {
+    double cost = 0.0;
+    for (int64_t i = begin; i < end; ++i) {
+      double best = std::numeric_limits<double>::infinity();
+      for (int m = 0; m < kk; ++m) best = std::min(best, sq_dist(values + i * channels, centers.data() + m * channels));
+      cost += double(weights[i]) * best;
+    }
+    block_cost[b] = cost;
+  });
+  result.cost = std::accumulate(block_cost.begin(), block_cost.end(), 0.0);
   for (double c : centers) result.codes.push_back(static_cast<float>(c));
   sort_codes(result, channels);
   return result;
