@@ -149,15 +149,22 @@ def test_kmeans_pruned_lloyd_equals_brute_force(rng):
         np.testing.assert_allclose(got, expect, rtol=0, atol=2e-7)
 
 
-def test_kmeans_does_not_depend_on_the_thread_count(rng):
-    values = np.unique(rng.random((60_000, 3), dtype=np.float32), axis=0)
+@pytest.mark.parametrize("method", ["kmeans", "kmedoids"])
+def test_clustering_does_not_depend_on_the_thread_count(rng, method):
+    """Sums run over fixed blocks (several here) combined in block order: same bits at any thread count."""
+    if method == "kmeans":
+        values = np.unique(rng.random((60_000, 3), dtype=np.float32), axis=0)
+        run = lambda w: _backend._core.kmeans_codebook(values, w, 24, 3, 30, 0.0)  # noqa: E731
+    else:  # 8-bit-like data: many exactly tied swap gains
+        values = np.unique(rng.integers(0, 22, size=(40_000, 3)).astype(np.float32) / np.float32(21), axis=0)
+        run = lambda w: _backend._core.kmedoids_codebook(values, w, 4, 1, 3, 1)  # noqa: E731
     weights = rng.integers(1, 9, size=len(values)).astype(np.int64)
     before = pixdisc.get_num_threads()
     try:
         results = []
         for threads in (1, 2, 3):
             pixdisc.set_num_threads(threads)
-            results.append(_backend._core.kmeans_codebook(values, weights, 24, 3, 30, 0.0))
+            results.append(run(weights))
     finally:
         pixdisc.set_num_threads(before)
     for r in results[1:]:

@@ -128,9 +128,12 @@ ClusterResult kmedoids_codebook(const float* values, const int64_t* weights, int
     return s;
   };
 
-  const int workers = planned_workers(n, 8192);
-  std::vector<std::vector<double>> delta(workers, std::vector<double>(k));
-  std::vector<double> gain(workers);
+  // Swap gains are summed over fixed blocks combined in block order, so the
+  // chosen swaps (and the codes) do not depend on the thread count.
+  constexpr int64_t kBlock = 8192;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<double> delta(static_cast<size_t>(blocks) * k);
+  std::vector<double> gain(blocks);
   int64_t since_swap = 0;
   int64_t candidate = 0;
   const int64_t max_evaluations = int64_t(std::max(1, max_iter)) * n;
@@ -142,33 +145,35 @@ ClusterResult kmedoids_codebook(const float* values, const int64_t* weights, int
     if (is_medoid[xc]) continue;
     ++evaluations;
     // Change of cost if medoid m is replaced by xc, for every m at once.
-    parallel_for(n, 8192, [&](int64_t begin, int64_t end, int w) {
-      std::fill(delta[w].begin(), delta[w].end(), 0.0);
-      double acc = 0.0;
-      for (int64_t o = begin; o < end; ++o) {
-        const double wo = double(weights[o]);
-        const double doj = distance(metric, values + o * channels, values + xc * channels, channels);
-        if (doj < a.d1[o]) {
-          acc += wo * (doj - a.d1[o]);
-          delta[w][a.nearest[o]] += wo * (a.d1[o] - a.d2[o]);
-        } else if (doj < a.d2[o]) {
-          delta[w][a.nearest[o]] += wo * (doj - a.d2[o]);
+    parallel_for(blocks, 1, [&](int64_t b0, int64_t b1, int) {
+      for (int64_t b = b0; b < b1; ++b) {
+        double* block_delta = delta.data() + b * k;
+        std::fill(block_delta, block_delta + k, 0.0);
+        double acc = 0.0;
+        for (int64_t o = b * kBlock, end = std::min(n, (b + 1) * kBlock); o < end; ++o) {
+          const double wo = double(weights[o]);
+          const double doj = distance(metric, values + o * channels, values + xc * channels, channels);
+          if (doj < a.d1[o]) {
+            acc += wo * (doj - a.d1[o]);
+            block_delta[a.nearest[o]] += wo * (a.d1[o] - a.d2[o]);
+          } else if (doj < a.d2[o]) {
+            block_delta[a.nearest[o]] += wo * (doj - a.d2[o]);
+          }
         }
+        gain[b] = acc;
       }
-      gain[w] = acc;
     });
-    const int used = planned_workers(n, 8192);
     int best_m = 0;
     double best = std::numeric_limits<double>::infinity();
     for (int m = 0; m < k; ++m) {
       double d = removal_loss[m];
-      for (int w = 0; w < used; ++w) d += delta[w][m];
+      for (int64_t b = 0; b < blocks; ++b) d += delta[b * k + m];
       if (d < best) {
         best = d;
         best_m = m;
       }
     }
-    for (int w = 0; w < used; ++w) best += gain[w];
+    for (int64_t b = 0; b < blocks; ++b) best += gain[b];
     // Strict improvement beyond rounding noise, so the search terminates.
     if (best < -1e-12 * (1.0 + total_cost())) {
       is_medoid[medoids[best_m]] = 0;
