@@ -130,7 +130,7 @@ ClusterResult kmedoids_codebook(const float* values, const int64_t* weights, int
 
   // Swap gains are summed over fixed blocks combined in block order, so the
   // chosen swaps (and the codes) do not depend on the thread count.
-  constexpr int64_t kBlock = 8192;
+  constexpr int64_t kBlock = 2048;  // small enough to balance two workers on ~10k values
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   std::vector<double> delta(static_cast<size_t>(blocks) * k);
   std::vector<double> gain(blocks);
