@@ -61,6 +61,28 @@ void sort_codes(ClusterResult& result, int channels) {
   result.medoid_indices = std::move(medoids);
 }
 
+// Nearest (lowest index on ties) and second-nearest of k candidates, by dist(m).
+struct TwoNearest {
+  int arg = 0;
+  double best = std::numeric_limits<double>::infinity();
+  double second = std::numeric_limits<double>::infinity();
+};
+template <typename Dist>
+TwoNearest two_nearest(int k, Dist&& dist) {
+  TwoNearest t;
+  for (int m = 0; m < k; ++m) {
+    const double d = dist(m);
+    if (d < t.best) {
+      t.second = t.best;
+      t.best = d;
+      t.arg = m;
+    } else if (d < t.second) {
+      t.second = d;
+    }
+  }
+  return t;
+}
+
 struct Assignment {
   std::vector<int> nearest;
   std::vector<double> d1, d2;
@@ -74,21 +96,12 @@ void assign_two_nearest(const float* values, int64_t n, int channels, Metric met
   a.d2.resize(n);
   parallel_for(n, 4096, [&](int64_t begin, int64_t end, int) {
     for (int64_t i = begin; i < end; ++i) {
-      double best = std::numeric_limits<double>::infinity(), second = best;
-      int arg = 0;
-      for (int m = 0; m < k; ++m) {
-        const double d = distance(metric, values + i * channels, values + medoids[m] * channels, channels);
-        if (d < best) {
-          second = best;
-          best = d;
-          arg = m;
-        } else if (d < second) {
-          second = d;
-        }
-      }
-      a.nearest[i] = arg;
-      a.d1[i] = best;
-      a.d2[i] = k > 1 ? second : best;
+      const TwoNearest t = two_nearest(k, [&](int m) {
+        return distance(metric, values + i * channels, values + medoids[m] * channels, channels);
+      });
+      a.nearest[i] = t.arg;
+      a.d1[i] = t.best;
+      a.d2[i] = k > 1 ? t.second : t.best;
     }
   });
 }
@@ -318,23 +331,11 @@ ClusterResult kmeans_codebook(const float* values, const int64_t* weights, int64
         if (a < 0 || upper[i] >= bound) {
           if (a >= 0) upper[i] = std::sqrt(sq_dist(v, centers.data() + a * channels)) + kSlack;
           if (a < 0 || upper[i] >= bound) {
-            // Full scan: nearest (lowest index on ties) and second nearest.
-            int arg = 0;
-            double best = sq_dist(v, centers.data()), second = std::numeric_limits<double>::infinity();
-            for (int m = 1; m < kk; ++m) {
-              const double d = sq_dist(v, centers.data() + m * channels);
-              if (d < best) {
-                second = best;
-                best = d;
-                arg = m;
-              } else if (d < second) {
-                second = d;
-              }
-            }
-            changed |= arg != a;
-            a = label[i] = arg;
-            upper[i] = std::sqrt(best) + kSlack;
-            lower[i] = std::sqrt(second) - kSlack;
+            const TwoNearest t = two_nearest(kk, [&](int m) { return sq_dist(v, centers.data() + m * channels); });
+            changed |= t.arg != a;
+            a = label[i] = t.arg;
+            upper[i] = std::sqrt(t.best) + kSlack;
+            lower[i] = std::sqrt(t.second) - kSlack;
           }
         }
         const double wi = double(weights[i]);
