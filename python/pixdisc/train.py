@@ -75,6 +75,21 @@ def _private_rng(device: torch.device) -> Iterator[None]:
         yield
 
 
+def _start_epoch(optimizer: torch.optim.Optimizer, epoch: int, lr: float, lr_gamma: float,
+                 milestones: Sequence[int], seed: int, sample_count: int) -> tuple[Tensor, float]:
+    """Set the epoch's step-decayed learning rate and torch seed; return its shuffle order and the rate.
+
+    Everything derives from (seed, epoch), so a resumed run repeats exactly
+    what an uninterrupted one would have done.
+    """
+    epoch_lr = lr * lr_gamma ** sum(1 for milestone in milestones if milestone <= epoch)
+    for group in optimizer.param_groups:
+        group["lr"] = epoch_lr
+    torch.manual_seed(_derive_seed(seed, epoch, _TORCH_STREAM))
+    shuffle_generator = torch.Generator().manual_seed(_derive_seed(seed, epoch, _SHUFFLE_STREAM))
+    return torch.randperm(sample_count, generator=shuffle_generator), epoch_lr
+
+
 def _make_optimizer(
     name: str, parameters: Any, lr: float, momentum: float, weight_decay: float
 ) -> torch.optim.Optimizer:
@@ -269,12 +284,7 @@ def train_model(
     with _private_rng(target_device):
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
-            epoch_lr = lr * lr_gamma ** sum(1 for milestone in milestones if milestone <= epoch)
-            for group in training_optimizer.param_groups:
-                group["lr"] = epoch_lr
-            torch.manual_seed(_derive_seed(seed, epoch, _TORCH_STREAM))
-            shuffle_generator = torch.Generator().manual_seed(_derive_seed(seed, epoch, _SHUFFLE_STREAM))
-            order = torch.randperm(sample_count, generator=shuffle_generator)
+            order, epoch_lr = _start_epoch(training_optimizer, epoch, lr, lr_gamma, milestones, seed, sample_count)
             attack_generator = torch.Generator().manual_seed(_derive_seed(seed, epoch, _ATTACK_STREAM))
             loss_sum, correct, seen = 0.0, 0, 0
             batches = range(0, sample_count, batch_size)
@@ -489,12 +499,7 @@ def train_certified(
     with _private_rng(target_device):
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
-            epoch_lr = lr * lr_gamma ** sum(1 for m in milestones if m <= epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = epoch_lr
-            torch.manual_seed(_derive_seed(seed, epoch, _TORCH_STREAM))
-            order = torch.randperm(sample_count,
-                                   generator=torch.Generator().manual_seed(_derive_seed(seed, epoch, _SHUFFLE_STREAM)))
+            order, epoch_lr = _start_epoch(optimizer, epoch, lr, lr_gamma, milestones, seed, sample_count)
             loss_sum, correct, verified, seen = 0.0, 0, 0, 0
             bar = tqdm(range(steps_per_epoch), desc=f"certified epoch {epoch + 1}/{epochs}", unit="batch",
                        disable=not progress, leave=False)
