@@ -15,18 +15,7 @@ namespace pixdisc {
 
 namespace {
 
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-using CountTable = std::unique_ptr<uint32_t[], FreeDeleter>;
-
-// calloc hands back lazily zeroed pages: a 64 MiB table costs page faults
-// only where colours actually land, not a 64 MiB memset.
-CountTable zeroed_table(size_t n) {
-  auto* p = static_cast<uint32_t*>(std::calloc(n, sizeof(uint32_t)));
-  if (!p) throw std::runtime_error("out of memory allocating a histogram table");
-  return CountTable(p);
-}
+using CountTable = ZeroedArray<uint32_t>;
 
 // Gray counting with four sub-histograms so consecutive equal bytes do not
 // serialise on one counter (store-to-load forwarding stalls).
@@ -140,7 +129,7 @@ bool dense_histogram(const Source& src, PixelLayout layout, Histogram& result) {
   const int max_tables = channels == 3 ? 8 : 64;
   const int workers = planned_workers(layout.pixels(), 1 << 18, max_tables);
   std::vector<CountTable> tables;
-  for (int w = 0; w < workers; ++w) tables.push_back(zeroed_table(bins));
+  for (int w = 0; w < workers; ++w) tables.push_back(zeroed_array<uint32_t>(bins, "histogram table"));
   std::vector<char> off_grid(workers, 0);
   parallel_for(
       layout.pixels(), 1 << 18,

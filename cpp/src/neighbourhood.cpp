@@ -6,24 +6,14 @@
 #include <stdexcept>
 #include <string>
 
+#include "pixdisc/bulk_allocator.hpp"
 #include "pixdisc/parallel.hpp"
 
 namespace pixdisc {
 
 namespace {
 
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-using Table = std::unique_ptr<int64_t[], FreeDeleter>;
-
-// calloc hands back lazily zeroed pages, so the 128 MiB RGB table costs no
-// separate memset pass before the scatter and the prefix sums touch it.
-Table zeroed_table(int64_t n) {
-  auto* p = static_cast<int64_t*>(std::calloc(static_cast<size_t>(n), sizeof(int64_t)));
-  if (!p) throw std::runtime_error("out of memory allocating a " + std::to_string(n * 8 >> 20) + " MiB count table");
-  return Table(p);
-}
+using Table = ZeroedArray<int64_t>;
 
 // Prefix sums along b then g inside one r-slab (512 KiB, so the second pass
 // reads what the first left in cache): two of the three passes fused.
@@ -75,7 +65,7 @@ void neighbourhood_counts(const uint8_t* points, const int64_t* weights, int64_t
     for (int64_t p = 0; p < n_points; ++p)
       if (weights[p] < 0) throw std::invalid_argument("point weights (pixel counts) must be >= 0");
   const int64_t bins = channels == 1 ? kLevels : kColourBins;
-  Table table = zeroed_table(bins);
+  Table table = zeroed_array<int64_t>(static_cast<size_t>(bins), "count table");
   int64_t* t = table.get();
   if (channels == 1) {
     for (int64_t p = 0; p < n_points; ++p) t[points[p]] += weights ? weights[p] : 1;

@@ -13,7 +13,10 @@
 
 #include <cstddef>
 #include <cstdlib>
+#include <memory>
 #include <new>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -72,5 +75,22 @@ struct BulkAllocator {
 // A vector whose resize(n) leaves new elements unwritten: write all of them.
 template <typename T>
 using BulkVector = std::vector<T, BulkAllocator<T>>;
+
+// Zero-filled count tables that are mostly never touched (dense colour
+// tables): calloc hands back lazily zeroed pages, so a 64-128 MiB table costs
+// page faults only where counts land, not a memset pass.
+struct FreeDeleter {
+  void operator()(void* p) const noexcept { std::free(p); }
+};
+template <typename T>
+using ZeroedArray = std::unique_ptr<T[], FreeDeleter>;
+
+template <typename T>
+ZeroedArray<T> zeroed_array(size_t n, const char* what) {
+  auto* p = static_cast<T*>(std::calloc(n, sizeof(T)));
+  if (!p)
+    throw std::runtime_error("out of memory allocating a " + std::to_string(n * sizeof(T) >> 20) + " MiB " + what);
+  return ZeroedArray<T>(p);
+}
 
 }  // namespace pixdisc
