@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
@@ -28,7 +28,9 @@ __all__ = [
     "AttackSpec",
     "adam_sign_attack",
     "cross_entropy_loss",
+    "contains_discretize",
     "cw_margin_loss",
+    "default_attacks",
     "evaluate_robustness",
     "pgd",
     "pgd_perturb",
@@ -158,6 +160,8 @@ def _jsonable(value: Any) -> Any:
         return int(value)
     if isinstance(value, numbers.Real):
         return float(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(asdict(value))
     if isinstance(value, (list, tuple)):
         return [_jsonable(item) for item in value]
     if isinstance(value, Mapping):
@@ -581,9 +585,18 @@ def pgd_perturb(
     return x_adv
 
 
+def _sx_attack(*args: Any, **kwargs: Any) -> AttackResult:
+    from .sx_attack import sx_attack  # imports this module: resolved at call time
+
+    return sx_attack(*args, **kwargs)
+
+
+_sx_attack.__name__ = "sx_attack"
+
 ATTACKS: dict[str, Callable[..., AttackResult]] = {
     "pgd": pgd,
     "adam_sign": adam_sign_attack,
+    "sx": _sx_attack,
 }
 
 
@@ -598,8 +611,60 @@ AttackSpec = Union[Mapping[str, Any], Callable[..., Any]]
 
 def _spec_name(spec: AttackSpec, position: int) -> str:
     if isinstance(spec, Mapping):
-        return str(spec.get("attack", f"attack{position}"))
+        return str(spec.get("name", spec.get("attack", f"attack{position}")))
     return getattr(spec, "__name__", type(spec).__name__)
+
+
+def contains_discretize(model: nn.Module) -> bool:
+    """Whether ``model`` has a :class:`pixdisc.Discretize` anywhere inside it."""
+    from .discretize import Discretize
+
+    return any(isinstance(module, Discretize) for module in model.modules())
+
+
+def default_attacks(
+    model: nn.Module,
+    eps: float,
+    *,
+    steps: int = 100,
+    step_size: float | None = None,
+    square_queries: int = 1000,
+    sx_budget: Any = None,
+    third_party: bool = True,
+) -> list[AttackSpec]:
+    """The strongest suite pixdisc has for ``model``, strongest and cheapest first.
+
+    For a model ``Sequential(Discretize(cb), net)``: the S(x) search
+    (:func:`pixdisc.sx_attack.sx_attack`), then BPDA PGD with cross-entropy
+    and CW margin and the paper's Adam-on-sign attack (``steps`` of
+    ``step_size``, default ``eps / 30``, the paper's MNIST ratio), then, when
+    torchattacks is installed and ``third_party``, APGD-CE and APGD-DLR
+    through the BPDA gradient and the gradient-free Square attack
+    (``square_queries`` queries) on the hard model. For any other model the
+    gradient attacks. Every spec carries a ``name``.
+    """
+    if not _is_real(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    step_size = eps / 30 if step_size is None else step_size
+    budget = {"eps": float(eps), "steps": int(steps), "step_size": float(step_size)}
+    specs: list[AttackSpec] = []
+    defended = contains_discretize(model)
+    if defended:
+        from .sx_attack import split_defended
+
+        split_defended(model)  # a clear error now if the discretizer is not the first layer
+        specs.append({"name": "sx", "attack": "sx", "eps": float(eps),
+                      **({} if sx_budget is None else {"budget": sx_budget})})
+    specs += [
+        {"name": "pgd_ce", "attack": "pgd", "loss": "ce", **budget},
+        {"name": "pgd_cw", "attack": "pgd", "loss": "cw", **budget},
+        {"name": "adam_sign", "attack": "adam_sign", "loss": "cw", **budget},
+    ]
+    if third_party:
+        from .integrations import torchattacks_suite
+
+        specs += torchattacks_suite(eps, steps=steps, square_queries=square_queries if defended else 0)
+    return specs
 
 
 def _run_spec(
@@ -612,6 +677,7 @@ def _run_spec(
 ) -> AttackResult:
     if isinstance(spec, Mapping):
         options = dict(spec)
+        options.pop("name", None)
         name = options.pop("attack", None)
         if name not in ATTACKS:
             raise ValueError(f"attack spec needs 'attack' set to one of {sorted(ATTACKS)}, got {name!r}")
@@ -659,7 +725,7 @@ def _run_spec(
         adv_pred=adv_pred,
         loss=margin,
         margin=margin,
-        params={"attack": _spec_name(spec, 0)},
+        params={"attack": _spec_name(spec, 0), **getattr(spec, "params", {})},
     )
 
 
@@ -667,17 +733,23 @@ def evaluate_robustness(
     model: nn.Module,
     x: Tensor | np.ndarray,
     y: Tensor | np.ndarray,
-    attacks: Sequence[AttackSpec],
+    attacks: Sequence[AttackSpec] | None = None,
     *,
     batch_size: int = 256,
     seed: int = 0,
     eps: float | None = None,
+    steps: int = 100,
+    step_size: float | None = None,
     device: str | torch.device | None = None,
     keep_adv: bool = True,
     progress: bool = True,
 ) -> AttackResult:
     """Run several untargeted attacks and keep, per sample, the worst case across them.
 
+    With ``attacks=None`` the default suite runs (:func:`default_attacks`:
+    for a discretized model the S(x) search, BPDA gradient attacks and, with
+    torchattacks, APGD-CE/DLR and Square), which needs ``eps``; ``steps`` and
+    ``step_size`` set its gradient attacks' budget.
     A sample is robust only if no attack succeeds. Its ``x_adv`` comes from the
     first attack (in list order) that succeeds, else from the attack leaving
     the highest CW margin; each attack after the first only runs on samples
@@ -690,6 +762,10 @@ def evaluate_robustness(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if attacks is None:
+        if eps is None:
+            raise ValueError("the default attack suite needs eps")
+        attacks = default_attacks(model, eps, steps=steps, step_size=step_size)
     if not attacks:
         raise ValueError("attacks must name at least one attack")
     for position, spec in enumerate(attacks):
@@ -746,7 +822,7 @@ def evaluate_robustness(
     result.params = {
         "attacks": [
             {key: _jsonable(value) for key, value in spec.items() if key != "seed"} if isinstance(spec, Mapping)
-            else {"attack": _spec_name(spec, position)}
+            else {"name": _spec_name(spec, position), **getattr(spec, "params", {})}
             for position, spec in enumerate(attacks)
         ],
         "seed": seed,

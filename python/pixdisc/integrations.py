@@ -1,13 +1,13 @@
-"""Adapters that let other robustness toolkits use the discretization defense (ART)."""
+"""Adapters between pixdisc and other robustness toolkits: ART runs the defense, torchattacks joins the attack suite."""
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .codebook import Codebook
 from .discretize import Discretize
 
-__all__ = ["ArtDiscretizer"]
+__all__ = ["ArtDiscretizer", "TorchattacksAttack", "torchattacks_suite"]
 
 try:  # ART is optional; the adapter exists only when it is installed
     from art.defences.preprocessor.preprocessor import PreprocessorPyTorch as _ArtBase
@@ -43,3 +43,46 @@ else:  # pragma: no cover
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             raise ImportError("ArtDiscretizer needs the adversarial-robustness-toolbox package "
                               "(pip install adversarial-robustness-toolbox)")
+
+
+class TorchattacksAttack:
+    """A torchattacks attack as an ``evaluate_robustness`` spec: ``(model, x, y) -> x_adv``.
+
+    ``factory`` is the torchattacks class name (``"APGD"``, ``"Square"``, ...)
+    and ``options`` its keyword arguments; the attack is built per call on
+    the model it is given (gradient attacks then go through the model's BPDA
+    backward, Square only queries the hard model).
+    """
+
+    def __init__(self, name: str, factory: str, **options: Any) -> None:
+        self.__name__ = name
+        self.factory = factory
+        self.options = options
+        self.params: Dict[str, Any] = {"attack": f"torchattacks.{factory}", **options}
+
+    def __call__(self, model: Any, x: Any, y: Any) -> Any:
+        import torchattacks
+
+        if "seed" not in self.options:
+            raise ValueError("torchattacks attacks need a seed for reproducible results")
+        attack = getattr(torchattacks, self.factory)(model, **self.options)
+        return attack(x, y)
+
+    def __repr__(self) -> str:
+        return f"TorchattacksAttack({self.__name__!r}, {self.factory!r}, {self.options!r})"
+
+
+def torchattacks_suite(eps: float, *, steps: int = 100, square_queries: int = 1000,
+                       seed: int = 0) -> List[TorchattacksAttack]:
+    """APGD-CE and APGD-DLR (``steps`` each) and, with ``square_queries > 0``, Square; empty without torchattacks."""
+    try:
+        import torchattacks  # noqa: F401
+    except ImportError:
+        return []
+    suite = [TorchattacksAttack("apgd_ce", "APGD", norm="Linf", eps=float(eps), steps=int(steps), loss="ce", seed=seed),
+             TorchattacksAttack("apgd_dlr", "APGD", norm="Linf", eps=float(eps), steps=int(steps), loss="dlr",
+                                seed=seed)]
+    if square_queries > 0:
+        suite.append(TorchattacksAttack("square", "Square", norm="Linf", eps=float(eps), n_queries=int(square_queries),
+                                        seed=seed))
+    return suite
