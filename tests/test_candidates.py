@@ -30,34 +30,223 @@ def reachable_by_sampling(pixel, codes, metric, eps, rng, samples=4000):
     return set(ref.nearest(pts, codes, metric).tolist())
 
 
-def test_one_channel_exact_set_is_the_reachable_set():
-    """1-D: the exact rule equals the set of nearest codes over a dense float grid of the interval."""
-    rng = np.random.default_rng(0)
-    for trial in range(40):
-        k = int(rng.integers(2, 9))
-        codes = (rng.integers(0, 256, size=(k, 1)) / np.float32(255)).astype(np.float32)  # duplicates possible
-        x = (rng.integers(0, 256, size=(30,)) / np.float32(255)).astype(np.float32)
-        eps = float(rng.choice([0.0, 1 / 255, 0.05, 0.1, 0.3]))
+# --------------------------------------------------------------------------- exact rule vs every float32
+
+
+def _float32_bits(v, up):
+    """Bit pattern of the float32 nearest v from inside: the smallest >= v (up) or the largest <= v."""
+    f = np.float32(v)
+    if up and float(f) < v:
+        f = np.nextafter(f, np.float32(2))
+    if not up and float(f) > v:
+        f = np.nextafter(f, np.float32(-1))
+    return int(np.array(f, np.float32).view(np.uint32))
+
+
+def floats_in(lo, hi, stride=1):
+    """Every float32 in [lo, hi] (0 <= lo <= hi), ascending; every stride-th one when stride > 1."""
+    a, b = _float32_bits(lo, True), _float32_bits(hi, False)
+    return np.arange(a, b + 1, stride, dtype=np.uint32).view(np.float32)  # positive floats order as their bits
+
+
+def in_ball(u, x, eps):
+    """The distance test of pixdisc: fabs(float64(u) - float64(x)) <= eps."""
+    return np.abs(np.asarray(u, np.float32).astype(np.float64) - np.float64(np.float32(x))) <= eps
+
+
+def brute_force_codes(book, x, eps, dense_from=0.0, sparse_stride=4096):
+    """The codes ``book.assign`` gives to the float32s u in [0, 1] with |u - x| <= eps.
+
+    Every float32 of the ball is tried, except below ``dense_from`` (only for
+    balls reaching down to 0, which hold ~10^9 floats), where every
+    ``sparse_stride``-th one is.
+    """
+    x = np.float32(x)
+    # A margin past the ball: float64 rounding of the test moves its ends by far less. (An absolute
+    # 1e-6 would add ~10^9 floats near 0.)
+    margin = 1e-9 * eps + 1e-6 * max(float(x), eps) + 2.0**-140
+    lo, hi = max(0.0, float(x) - eps - margin), min(1.0, float(x) + eps + margin)
+    u = floats_in(max(lo, dense_from), hi)
+    if dense_from > lo:
+        u = np.concatenate([floats_in(lo, dense_from, sparse_stride), u])
+    u = u[in_ball(u, x, eps)]
+    assert (u == x).any()
+    return set(np.unique(np.asarray(book.assign(u))).tolist())
+
+
+def assert_exact(book, x, eps, **brute):
+    """The exact rule's set of x equals the brute-force set, nearest code first then ascending; returns it."""
+    x = np.asarray(x, np.float32).reshape(-1)
+    sets = candidate_sets(x, book, eps, rule="exact")
+    got = []
+    for p, v in enumerate(x):
+        members = sets.of(p).tolist()
+        expect = brute_force_codes(book, v, eps, **brute)
+        assert set(members) == expect, (float(v), eps, book.codes_[:, 0].tolist(), members, sorted(expect))
+        assert len(members) == len(set(members))
+        assert members[0] == sets.nearest[p] == int(book.assign(np.array([v], np.float32))[0])
+        assert members[1:] == sorted(members[1:])
+        got.append(members)
+    return got
+
+
+def test_exact_rule_has_no_slack():
+    """Codes {0, 253/255}: the pixels 152/255 (eps 0.1) and 203/255 (eps 0.3) come within 1e-6 of the
+    midpoint, so the old 1e-6 widening made them ambiguous; no float32 input reaches the other code."""
+    book = pixdisc.Codebook(np.array([0, 253], np.uint8))
+    midpoint = float(book.codes_[1, 0]) / 2
+    for pixel, eps in ((152, 0.1), (203, 0.3)):
+        x = np.float32(pixel) / np.float32(255)
+        assert 0 < (float(x) - eps) - midpoint < 1e-6  # only a slack could reach code 0
+        assert assert_exact(book, x, eps) == [[1]]
+        assert candidate_counts(np.array([pixel], np.uint8), book, eps, rule="exact").tolist() == [1]
+        # The sound rule keeps its slack and still holds the unreachable code.
+        assert candidate_counts(np.array([pixel], np.uint8), book, eps, rule="sound").tolist() == [2]
+
+
+# Codes 0.5 -/+ 1/32 meet at the midpoint 0.5; every number below is exact in float32 and float64.
+_LOW, _HIGH = 0.46875, 0.53125
+
+
+@pytest.mark.parametrize("codes, below, above", [
+    # (codes, members of x = 0.5 - 1/32 at eps 1/32 (x + eps = 0.5), members of x = 0.5 + 1/32 (x - eps = 0.5))
+    ([_LOW, _HIGH], [[0]], [[1, 0]]),  # the tie at 0.5 goes to index 0, the lower value
+    ([_HIGH, _LOW], [[1, 0]], [[0]]),  # unsorted: index 0 is the higher value and wins the tie
+    ([_HIGH, _LOW, _HIGH, _LOW], [[1, 0]], [[0]]),  # duplicated values: only the lowest index of each
+    ([_LOW, _LOW, 1.0, _HIGH, 0.0, _HIGH], [[0]], [[3, 0]]),
+])
+def test_exact_rule_at_midpoint_ties(codes, below, above):
+    book = pixdisc.Codebook(np.array(codes, np.float32))
+    assert assert_exact(book, 0.5 - 1 / 32, 1 / 32) == below
+    assert assert_exact(book, 0.5 + 1 / 32, 1 / 32) == above
+    # The tie point itself, as a pixel: at eps 0 only the tie's winner.
+    assert assert_exact(book, 0.5, 0.0) == [[int(book.assign(np.array([0.5], np.float32))[0])]]
+    assert len(assert_exact(book, 0.5, 1e-3)[0]) == 2
+
+
+def test_exact_rule_at_8_bit_ties():
+    """8-bit codes and pixels: x +/- eps lands on (or within float rounding of) a midpoint of two codes."""
+    for codes in ([100, 102], [102, 100], [102, 100, 102, 104], [104, 100, 102]):
+        book = pixdisc.Codebook(np.array(codes, np.uint8))
+        pixels = np.arange(98, 107, dtype=np.uint8).astype(np.float32) / np.float32(255)
+        for eps in (0.5 / 255, 1 / 255, 2 / 255, np.float32(1) / np.float32(255)):
+            assert_exact(book, pixels, float(eps))
+
+
+def test_exact_rule_eps_zero_is_the_nearest_code():
+    rng = np.random.default_rng(10)
+    for _ in range(10):
+        codes = rng.integers(0, 256, size=int(rng.integers(1, 7))).astype(np.uint8)
         book = pixdisc.Codebook(codes)
-        sets = candidate_sets(x, book, eps, rule="exact")
-        for p, v in enumerate(x):
-            lo, hi = max(0.0, float(v) - eps), min(1.0, float(v) + eps)
-            grid = np.unique(np.concatenate([np.linspace(lo, hi, 20001), [lo, hi, v]]).astype(np.float32))
-            grid = grid[(grid >= lo - 1e-12) & (grid <= hi + 1e-12)]
-            reached = set(ref.nearest(grid[:, None], codes, "linf").tolist())
-            got = set(sets.of(p).tolist())
-            assert reached <= got, (trial, p)  # sound
-            assert got <= reached | _boundary_codes(codes, lo, hi), (trial, p)  # exact up to the 1e-6 widening
-            assert sets.of(p)[0] == ref.nearest(np.array([[v]]), codes, "linf")[0]
+        x = np.concatenate([rng.random(50, dtype=np.float32), np.arange(256) / np.float32(255), [0.0, 1.0]])
+        x = x.astype(np.float32)
+        sets = candidate_sets(x, book, 0.0, rule="exact")
+        assert (np.diff(sets.offsets) == 1).all()
+        np.testing.assert_array_equal(sets.members, book.assign(x))
+    # Brute force agrees (the ball of eps 0 is x alone).
+    assert_exact(pixdisc.Codebook(np.array([_HIGH, _LOW], np.float32)), [0.5, 0.0, 1.0, _LOW], 0.0)
 
 
-def _boundary_codes(codes, lo, hi):
-    """Codes whose Voronoi interval only touches [lo, hi] within 1e-6 (the rule's float slack)."""
-    out = set()
-    for widen in (1e-6, -1e-6):
-        pts = np.array([[lo - widen], [hi + widen]], np.float32).clip(0, 1)
-        out |= set(ref.nearest(pts, codes, "linf").tolist())
-    return out
+def test_exact_rule_at_the_ends_of_the_unit_interval():
+    rng = np.random.default_rng(11)
+    for eps in (0.05, 0.1, 0.3):
+        codes = rng.random(int(rng.integers(2, 7)), dtype=np.float32)
+        codes[0] = np.float32(1) - np.float32(eps)  # a code right at the ball's lower end
+        assert_exact(pixdisc.Codebook(np.concatenate([codes, [1.0]]).astype(np.float32)), [1.0], eps)
+    # Pixel 0: subnormal codes and eps, the tie of codes 0 and 200 ulps at 100 ulps = eps.
+    tiny = np.float32(200 * 2.0**-149)
+    for codes, expect in (([0.0, tiny, 1.0], [[0]]), ([tiny, 0.0, 1.0], [[1, 0]])):
+        book = pixdisc.Codebook(np.array(codes, np.float32))
+        assert assert_exact(book, [0.0], 100 * 2.0**-149) == expect
+        assert assert_exact(book, [0.0], 0.0) == [[expect[0][0]]]
+    # Pixel 0 at eps 0.01: x + eps is (close to) the midpoint of 0.005 and 0.015.
+    for codes in ([0.005, 0.015, 0.5], [0.015, 0.005, 0.5]):
+        assert_exact(pixdisc.Codebook(np.array(codes, np.float32)), [0.0], 0.01, dense_from=2.0**-8)
+
+
+def test_exact_rule_random_codebooks():
+    """Random codebooks of 2..6 codes (float32, and 8-bit with duplicates) against every float32 of the ball."""
+    rng = np.random.default_rng(12)
+    for eps, pixels in ((0.05, 4), (0.1, 2), (0.3, 1)):
+        for trial in range(3):
+            k = int(rng.integers(2, 7))
+            if trial == 0:
+                codes = rng.random(k, dtype=np.float32)
+            else:
+                codes = (rng.integers(0, 256, size=k) / np.float32(255)).astype(np.float32)
+            # Pixels whose ball stays above 0.25, so it holds a few million float32s at most.
+            low = 0.25 + eps
+            if trial == 2:
+                x = rng.integers(int(np.ceil(low * 255)), 256, size=pixels) / np.float32(255)
+            else:
+                x = rng.uniform(low, 1.0, size=pixels)
+            assert_exact(pixdisc.Codebook(codes), x.astype(np.float32), eps)
+
+
+def test_exact_rule_tightens_rounded_ball_ends():
+    """Mutation check: float32(x -/+ eps) can lie outside the ball, on a float that reaches another code.
+
+    A rule that took those rounded ends without stepping back inside would
+    add that code; here the exact set has one code only.
+    """
+    eps = 1 / 32 - 2.0**-27
+    for x, codes in ((_HIGH, [_LOW, _HIGH]), (_LOW, [_HIGH, _LOW])):
+        book = pixdisc.Codebook(np.array(codes, np.float32))
+        rounded = np.float32(x - eps) if x > 0.5 else np.float32(x + eps)
+        assert rounded == np.float32(0.5) and not in_ball(rounded, x, eps)
+        inward = np.nextafter(rounded, np.float32(x))
+        assert in_ball(inward, x, eps)
+        wrong = int(book.assign(np.array([rounded], np.float32))[0])
+        assert wrong == 0 != int(book.assign(np.array([inward], np.float32))[0])
+        assert assert_exact(book, x, eps) == [[1]]
+
+
+def test_exact_rule_uses_the_float64_distance_test():
+    """The float64 test |u - x| <= eps can accept a float32 that exceeds eps by less than half an ulp of
+    eps (here 0.5 + 2^-24, the midpoint of the codes); the rule follows that test, erring on the sound side."""
+    from fractions import Fraction
+
+    x = np.float32(2.0**-54 + 2.0**-60)
+    eps = 0.5 + 2.0**-24 - 2.0**-53
+    u = np.float32(0.5 + 2.0**-24)
+    assert in_ball(u, x, eps)  # float64 rounding accepts it ...
+    assert Fraction(float(u)) - Fraction(float(x)) > Fraction(eps)  # ... exact arithmetic does not
+    book = pixdisc.Codebook(np.array([0.5 + 2.0**-23, 0.5], np.float32))
+    assert int(book.assign(np.array([u], np.float32))[0]) == 0  # the tie goes to index 0
+    assert candidate_sets(np.array([x]), book, eps, rule="exact").of(0).tolist() == [1, 0]
+
+
+def test_exact_rule_follows_the_float64_test_past_the_rounded_end():
+    """x = 0.5, eps = 0.5 - 2^-40: float32(x - eps) = 2^-40, but the float64 test also accepts the 512
+    float32s just below it (|u - x| rounds to eps). 2^-40 - 2^-56 reaches code 1, 2^-40 does not;
+    a rule that only stepped inwards from the rounded end would miss code 1."""
+    x, eps = np.float32(0.5), 0.5 - 2.0**-40
+    rounded, beyond = np.float32(float(x) - eps), np.float32(2.0**-40 - 2.0**-56)
+    assert float(rounded) == 2.0**-40 and float(beyond) == 2.0**-40 - 2.0**-56
+    assert in_ball(beyond, x, eps) and not in_ball(np.float32(2.0**-40 - 2.0**-54), x, eps)
+    # Codes 0 and 1 meet at 2^-40 - 2^-57; code 2 (value 0) wins only below 2^-42, outside the ball.
+    book = pixdisc.Codebook(np.array([2.0**-39 - 2.0**-56 - 2.0**-41, 2.0**-41, 0.0, 1.0], np.float32))
+    assert float(book.codes_[0, 0]) + 2.0**-41 == 2 * (2.0**-40 - 2.0**-57)
+    assert book.assign(np.array([beyond, rounded, x, 2.0**-42], np.float32)).tolist() == [1, 0, 0, 1]
+    assert candidate_sets(np.array([x]), book, eps, rule="exact").of(0).tolist() == [0, 1, 3]
+    # Brute force over the bottom of the ball (all of its ~10^9 floats would take too long).
+    u = floats_in(2.0**-40 - 2.0**-50, 2.0**-40 + 2.0**-50)
+    u = u[in_ball(u, x, eps)]
+    assert float(u.min()) < float(rounded) and 1 in book.assign(u).tolist()
+
+
+def test_exact_rule_l2_falls_back_where_squares_underflow():
+    """l2 squares float distances; below 2^-63 the squares underflow and tie, and the nearest code is no
+    longer monotone in the input. Code 1 (1e-24) is reached from 2^-60 though both ball ends give code 0."""
+    book = pixdisc.Codebook(np.array([0.0, 1e-24], np.float32), "l2")
+    x, eps = np.float32(2.0**-51), 2.0**-51
+    witness = np.array([2.0**-60, 0.0, 2.0**-50, 1e-24], np.float32)
+    assert in_ball(witness, x, eps).all()
+    assert book.assign(witness).tolist() == [1, 0, 0, 0]  # reached from 2^-60; not at its own value
+    assert 1 in candidate_sets(np.array([x]), book, eps, rule="exact").of(0).tolist()
+    # Codes 2^-60 apart or more keep the exact rule (here equal to brute force on a tiny ball).
+    spaced = pixdisc.Codebook(np.array([0.25, 0.25 + 2.0**-20], np.float32), "l2")
+    assert_exact(spaced, [0.25 + 2.0**-21], 2.0**-22)
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -79,17 +268,22 @@ def test_eps_zero_is_the_nearest_code_alone_for_the_exact_rule():
     codes = np.array([[0.0], [0.5], [1.0]], np.float32)
     x = np.array([0.1, 0.25, 0.75, 0.9], np.float32)  # 0.25 and 0.75 are equidistant from two codes
     counts = candidate_counts(x, pixdisc.Codebook(codes), 0.0, rule="exact")
-    assert counts.tolist() == [1, 2, 2, 1]  # a tie point sits on both Voronoi intervals (sound)
+    assert counts.tolist() == [1, 1, 1, 1]  # at a tie point only the lower index is reachable
     sound = candidate_counts(x, pixdisc.Codebook(codes), 0.0, rule="sound")
     assert sound.tolist() == [1, 2, 2, 1]  # "<=" keeps the tied code: the paper's "<" would drop it
 
 
 def test_ties_at_eps_boundary_are_kept():
-    """x=0.3, eps=0.1 reaches 0.4, exactly the midpoint of codes 0.3 and 0.5."""
-    codes = np.array([[0.3], [0.5]], np.float32)
-    for rule in ("exact", "sound"):
-        counts = candidate_counts(np.array([0.3], np.float32), pixdisc.Codebook(codes), 0.1, rule=rule)
-        assert counts.tolist() == [2]
+    """x=0.3, eps=0.1: the ball's top float32 is float32(0.4), exactly the midpoint of codes 0.3 and 0.5,
+    where the lower index wins. The exact rule keeps 0.5 only when it has the lower index."""
+    x = np.array([0.3], np.float32)
+    top = np.float32(0.4)
+    assert in_ball(top, x[0], 0.1) and not in_ball(np.nextafter(top, np.float32(1)), x[0], 0.1)
+    assert float(top) == (float(np.float32(0.3)) + 0.5) / 2
+    for codes, exact in (([0.3, 0.5], [[0]]), ([0.5, 0.3], [[1, 0]])):
+        book = pixdisc.Codebook(np.array(codes, np.float32))
+        assert assert_exact(book, x, 0.1) == exact
+        assert candidate_counts(x, book, 0.1, rule="sound").tolist() == [2]
 
 
 def test_log2_set_size_per_image():

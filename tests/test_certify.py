@@ -77,10 +77,109 @@ def test_failures_come_with_checked_counterexamples(mode):
             assert int(net(torch.from_numpy(codes[z].reshape(1, 1, 2, 2))).argmax(1)) != y[i]
         assert result.verified[i]  # exact sets: the failure is a real attack
         x_adv = result.counterexample[i]
-        assert np.abs(x_adv - x[i]).max() <= eps + 1e-7 and x_adv.min() >= 0 and x_adv.max() <= 1
+        # Within eps by the distance test of pixdisc itself (no tolerance), and discretized into z.
+        assert (np.abs(x_adv.astype(np.float64) - x[i].astype(np.float64)) <= eps).all()
+        assert x_adv.min() >= 0 and x_adv.max() <= 1
+        np.testing.assert_array_equal(np.asarray(book.assign(x_adv[None], channel_axis=1)).reshape(-1), z)
         with torch.no_grad():
             pred = net(torch.from_numpy(book.transform(x_adv[None], channel_axis=1))).argmax(1)
         assert int(pred) != y[i]
+
+
+def all_high_net(pixels, high, channels=1):
+    """Class 0 exactly when every input value is `high` (inputs are 0 or high): any low pixel flips it."""
+    n = channels * pixels
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n, 2)).eval()
+    with torch.no_grad():
+        net[1].weight.zero_()
+        net[1].weight[0].fill_(1.0 / high)
+        net[1].bias.copy_(torch.tensor([-(n - 0.5), 0.0]))
+    return net
+
+
+# 8-bit cases where x -/+ eps meets (up to float rounding) the midpoint of two codes.
+_TIE_CASES = [
+    ([0, 253], [152], 0.1),  # 0.1 from the midpoint +2.4e-8: the old 1e-6 slack made it ambiguous
+    ([0, 253], [203], 0.3),
+    ([100, 102], [99, 100, 101, 102, 103], 1 / 255),
+    ([102, 100], [99, 100, 101, 102, 103], 1 / 255),
+    ([102, 100, 102], [98, 99, 103, 104], 2 / 255),
+    ([100, 102, 101], [99, 100, 101, 102, 103], 0.5 / 255),
+]
+
+
+@pytest.mark.parametrize("mode", ["paper", "bab"])
+@pytest.mark.parametrize("codes, pixels, eps", _TIE_CASES)
+def test_one_channel_8_bit_ties_equal_exhaustive_search(codes, pixels, eps, mode):
+    """Exact candidate sets: certify's outcome is the exhaustive one over the exact reachable sets, and no
+    longer fails an image that no input can flip; every failure is a checked counterexample."""
+    rng = np.random.default_rng(len(pixels) + len(codes))
+    book = pixdisc.Codebook(np.array(codes, np.uint8))
+    x = (rng.choice(pixels, size=(12, 1, 2, 2)) / np.float32(255)).astype(np.float32)
+    x[0] = np.float32(pixels[0]) / np.float32(255)
+    nets = [tiny_net(4, classes=2, seed=9)]
+    high = float(book.codes_.max())
+    if len(codes) == 2 and codes[0] == 0:
+        nets.append(all_high_net(4, high))
+    for net in nets:
+        with torch.no_grad():
+            y = net(torch.from_numpy(book.transform(x, channel_axis=1))).argmax(1).numpy()
+        result = certify(net, book, x, y, eps, mode=mode, b=64, executor="serial", progress=False,
+                         budget=Budget(nodes=10_000, seconds=60, leaf_log2=4))
+        for i in range(len(x)):
+            assert result.outcome[i] == exhaustive_outcome(net, book, x[i], y[i], eps), (i, x[i].ravel() * 255)
+        assert result.verified[result.outcome == "failed"].all()
+        assert not result.verified[result.outcome != "failed"].any()
+    if len(nets) == 2:
+        # Codes {0, 253/255} at pixel 152/255 (eps 0.1) or 203/255 (eps 0.3): every pixel maps to 253/255
+        # whatever the perturbation, so the all-high image is certified for the net that any 0 flips.
+        assert result.outcome[0] == "certified"
+
+
+@pytest.mark.parametrize("mode", ["paper", "bab"])
+def test_unrealizable_misclassified_member_is_unable_not_failed(mode):
+    """RGB uses the sound rule, whose 1e-6 slack admits code 0 at the gray pixel 152/255 (eps 0.1) although
+    no input reaches it: the misclassified z it gives is kept for inspection, but the sample is "unable"."""
+    codes = np.array([[0, 0, 0], [253, 253, 253]], np.uint8)
+    book = pixdisc.Codebook(codes)
+    x = np.full((2, 3, 2, 2), np.float32(152) / np.float32(255), np.float32)
+    counts = pixdisc.candidates.candidate_counts(x, book, 0.1, channel_axis=1)
+    assert (counts == 2).all()  # the sound rule admits the unreachable code
+    net = all_high_net(4, float(book.codes_.max()), channels=3)
+    result = certify(net, book, x, [0, 0], 0.1, mode=mode, b=64, executor="serial", progress=False)
+    assert result.outcome.tolist() == ["unable", "unable"]
+    assert not result.verified.any() and result.counterexample == {}
+    for i in range(2):
+        z = result.z_codes[i]
+        with torch.no_grad():  # a misclassified member of S(x) that no input realizes
+            assert int(net(torch.from_numpy(book.codes_[z].T.reshape(1, 3, 2, 2).copy())).argmax(1)) != 0
+    assert result.summary()["failed"] == 0 and result.summary()["verified_attacks"] == 0
+
+
+def test_realize_probe_reaches_every_exact_candidate():
+    """One channel: the float32 of the ball closest to a candidate code discretizes to that code."""
+    from pixdisc.certification import _ball_ends
+
+    lo, hi = _ball_ends(np.array([0.5, 2.0**-60], np.float32), 0.5 - 2.0**-40)
+    assert lo.tolist() == [2.0**-40 - 2.0**-55, 0.0]  # 512 floats below float32(0.5 - eps) = 2^-40
+    assert hi.tolist() == [1 - 2.0**-24, 0.5 - 2.0**-25]
+    rng = np.random.default_rng(21)
+    for trial in range(20):
+        codes = rng.integers(0, 256, size=int(rng.integers(2, 8))).astype(np.uint8)
+        book = pixdisc.Codebook(codes)
+        x = np.concatenate([rng.integers(0, 256, size=200) / np.float32(255), rng.random(200), [0.0, 0.5, 1.0]])
+        x = x.astype(np.float32)
+        # 0.5 - 2^-40: float64 rounding of |u - x| lets the ball of x = 0.5 reach below float32(x - eps).
+        eps = float(rng.choice([0.0, 0.5 / 255, 1 / 255, 0.05, 0.1, 0.3, 0.5 - 2.0**-40]))
+        lo, hi = _ball_ends(x, eps)
+        x64 = x.astype(np.float64)
+        assert (np.abs(lo - x64) <= eps).all() and (np.abs(hi - x64) <= eps).all()
+        assert (np.abs(np.nextafter(lo, np.float32(-1)) - x64) > eps)[lo > 0].all()  # tight
+        assert (np.abs(np.nextafter(hi, np.float32(2)) - x64) > eps)[hi < 1].all()
+        sets = candidate_sets(x, book, eps, rule="exact")
+        owner = np.repeat(np.arange(len(x)), np.diff(sets.offsets))
+        probe = np.minimum(np.maximum(book.codes_[sets.members, 0], lo[owner]), hi[owner])
+        np.testing.assert_array_equal(book.assign(probe.astype(np.float32)), sets.members)
 
 
 @pytest.mark.parametrize("metric", ["linf", "l2"])
@@ -133,6 +232,13 @@ def test_summary_statistics():
     assert s["lower_hoeffding"] == pytest.approx(0.7 - np.sqrt(np.log(100) / 20))
     assert s["lower_paper_formula"] == pytest.approx((1 - np.sqrt(np.log(100) / 20)) * 0.7)
     assert 0 < s["lower_clopper_pearson"] < 0.7
+    # Few samples: the bounds would go negative; a fraction's lower bound is clamped at 0.
+    small = certify(net, book, x[:2], y[:2], 0.1, executor="serial", progress=False).summary()
+    assert small["n"] == 2 and small["lower_hoeffding"] == 0.0 and small["lower_paper_formula"] == 0.0
+    from pixdisc.statistics import hoeffding_lower, paper_lower
+
+    assert hoeffding_lower(1, 2, 0.01) == 0.0 and paper_lower(1, 2, 0.01) == 0.0
+    assert paper_lower(9, 10, 0.5) == pytest.approx((1 - np.sqrt(np.log(2) / 20)) * 0.9)  # still the paper's
 
 
 def test_process_pool_and_checkpoint_resume(tmp_path):

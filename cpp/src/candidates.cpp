@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <sstream>
@@ -12,16 +13,35 @@ namespace pixdisc {
 
 namespace {
 
-// One channel, exact rule. Sorted distinct code values v_0 < ... < v_m have
-// real Voronoi intervals [(v_{r-1}+v_r)/2, (v_r+v_{r+1})/2]; code r is
-// reachable iff its interval meets [x-eps, x+eps] ∩ [0,1]. An attacker's
-// float32 nearest() can only stray 1.2e-7 outside these intervals (rounding
-// of |y-c|), so widening them by kCandidateSlack keeps the set sound; among
-// duplicate values only the lowest index is ever chosen.
+// One channel, exact rule: C(x) is exactly the set of codes nearest(x') over
+// every float32 x' in [0, 1] with fabs(double(x') - double(x)) <= eps, where
+// nearest() is the kernel itself (float32 |x'-c|, squared for l2, ties to the
+// lowest index). Why a closed form exists:
+//  - The float32s of the ball form one contiguous run [lo32, hi32] (the double
+//    distance is monotone in x'); ball_ends() finds its two ends.
+//  - In one channel the nearest code's VALUE is a non-decreasing function of
+//    x': float rounding of |x'-c| is monotone and, for codes a < b, strictly
+//    orders fl|x'-a| and fl|x'-b| on each side, so "b beats a" (distance, then
+//    index) holds on an up-set of x'. Each code value's preimage is therefore
+//    an interval of floats, and it contains the value itself (distance 0).
+//  - Hence the reachable code values are exactly the distinct code values in
+//    [value(nearest(lo32)), value(nearest(hi32))]; among duplicated values only
+//    the lowest index is ever chosen. No slack: codes that only a widened real
+//    Voronoi interval would touch (e.g. codes {0, 253/255}, pixel 152/255,
+//    eps 0.1) are left out, because no float32 input reaches them.
+// The double test fabs(double(x') - double(x)) <= eps is the distance every
+// part of pixdisc uses; its one rounding can only accept a float that exceeds
+// eps by at most half an ulp of eps (never reject one within eps), so the set
+// errs on the sound side for certification.
+// l2 squares the float distance; squares can underflow to equal values only
+// for distances below 2^-63, so the monotonicity argument needs distinct code
+// values at least 2^-60 apart. Codebooks that break this (never the case for
+// codes learned from 8-bit data) fall back to the sound rule, which is sound
+// for any codebook.
 struct SortedCodes {
   std::vector<int32_t> order;  // distinct-valued codes (lowest index each), by value
-  std::vector<double> lower;   // widened Voronoi interval of order[r]
-  std::vector<double> upper;
+  std::vector<float> values;   // codes[order[r]], ascending
+  double min_gap = std::numeric_limits<double>::infinity();  // smallest gap between distinct values
   explicit SortedCodes(const std::vector<float>& codes) {
     const int k = static_cast<int>(codes.size());
     std::vector<int32_t> all(k);
@@ -29,21 +49,68 @@ struct SortedCodes {
     std::stable_sort(all.begin(), all.end(), [&](int32_t a, int32_t b) { return codes[a] < codes[b]; });
     for (int32_t j : all)
       if (order.empty() || codes[order.back()] != codes[j]) order.push_back(j);
-    const size_t m = order.size();
-    lower.resize(m);
-    upper.resize(m);
-    for (size_t r = 0; r < m; ++r) {
-      const double v = codes[order[r]];
-      lower[r] = (r == 0 ? -1.0 : 0.5 * (double(codes[order[r - 1]]) + v)) - kCandidateSlack;
-      upper[r] = (r + 1 == m ? 2.0 : 0.5 * (v + double(codes[order[r + 1]]))) + kCandidateSlack;
-    }
+    for (int32_t j : order) values.push_back(codes[j]);
+    for (size_t r = 1; r < values.size(); ++r) min_gap = std::min(min_gap, double(values[r]) - double(values[r - 1]));
   }
-  // Ranks [first, last] of the intervals meeting [lo, hi]; both arrays ascend.
-  void reachable(double lo, double hi, int32_t& first, int32_t& last) const {
-    first = static_cast<int32_t>(std::lower_bound(upper.begin(), upper.end(), lo) - upper.begin());
-    last = static_cast<int32_t>(std::upper_bound(lower.begin(), lower.end(), hi) - lower.begin()) - 1;
+  // Ranks [first, last] of the distinct values in [lo, hi] (both code values).
+  void ranks(float lo, float hi, int32_t& first, int32_t& last) const {
+    first = static_cast<int32_t>(std::lower_bound(values.begin(), values.end(), lo) - values.begin());
+    last = static_cast<int32_t>(std::upper_bound(values.begin(), values.end(), hi) - values.begin()) - 1;
   }
 };
+
+// The distance test every part of pixdisc applies to an input value u.
+inline bool within_eps(float u, float x, double eps) { return std::fabs(double(u) - double(x)) <= eps; }
+
+// Non-negative floats order like their bit patterns.
+inline uint32_t float_bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  return b;
+}
+inline float bits_float(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+// The float32 end of the ball beyond `inside` (a float within eps of x), towards
+// `limit` (0 or 1). For floats on one side of x the test is monotone, so the
+// end is found by bisection over bit patterns: at most 31 probes. Needed only
+// where the float64 rounding of the test accepts floats beyond the float32
+// nearest to x -/+ eps (x - eps tiny next to x, so |u - x| rounds); elsewhere
+// the first probe already fails.
+float outer_end(float inside, float limit, float x, double eps) {
+  if (inside == limit) return inside;
+  const float next = std::nextafter(inside, limit);
+  if (!within_eps(next, x, eps)) return inside;
+  if (within_eps(limit, x, eps)) return limit;
+  uint32_t good = float_bits(next), bad = float_bits(limit);  // inside / outside, limit >= +0
+  while ((good > bad ? good - bad : bad - good) > 1) {
+    const uint32_t mid = good / 2 + bad / 2 + (good & bad & 1u);
+    (within_eps(bits_float(mid), x, eps) ? good : bad) = mid;
+  }
+  return bits_float(good);
+}
+
+// Smallest (lo) and largest (hi) float32 u in [0, 1] with within_eps(u, x, eps).
+// x itself qualifies, so both exist. Round the float64 ends of
+// [x - eps, x + eps] ∩ [0, 1] to float32 (std::max/min give +0, never -0);
+// rounding leaves the ball by at most one float, so step back towards x while
+// outside, then move outwards while the next float still qualifies.
+void ball_ends(float x, double eps, float& lo, float& hi) {
+  lo = static_cast<float>(std::max(0.0, double(x) - eps));  // <= x
+  while (!within_eps(lo, x, eps)) lo = std::nextafter(lo, x);
+  lo = outer_end(lo, 0.0f, x, eps);
+  hi = static_cast<float>(std::min(1.0, double(x) + eps));  // >= x
+  while (!within_eps(hi, x, eps)) hi = std::nextafter(hi, x);
+  hi = outer_end(hi, 1.0f, x, eps);
+}
+
+// True when the exact rule's monotonicity argument holds for this codebook.
+bool exact_rule_applies(const NearestIndex& index, const SortedCodes& sorted) {
+  return index.metric() != Metric::l2 || sorted.min_gap >= std::ldexp(1.0, -60);
+}
 
 template <int C>
 void sound_sets(const NearestIndex& index, const float* x, PixelLayout layout, double eps, bool counts_only,
@@ -99,9 +166,9 @@ void sound_sets(const NearestIndex& index, const float* x, PixelLayout layout, d
   });
 }
 
-void exact_sets(const NearestIndex& index, const float* x, PixelLayout layout, double eps, bool counts_only,
-                CandidateSets& out) {
-  const SortedCodes sorted(index.codes());
+void exact_sets(const NearestIndex& index, const SortedCodes& sorted, const float* x, PixelLayout layout,
+                double eps, bool counts_only, CandidateSets& out) {
+  const std::vector<float>& codes = index.codes();
   const int64_t n = layout.pixels();
   std::vector<int32_t> first(n), last(n);
   out.nearest.resize(n);
@@ -113,24 +180,29 @@ void exact_sets(const NearestIndex& index, const float* x, PixelLayout layout, d
         msg << "pixel values must lie in [0, 1] (float input) but found " << v;
         throw std::invalid_argument(msg.str());
       }
-      out.nearest[p] = index.nearest(&v);
-      sorted.reachable(std::max(0.0, double(v) - eps), std::min(1.0, double(v) + eps), first[p], last[p]);
+      const int star = index.nearest(&v);
+      out.nearest[p] = star;
+      float lo, hi;
+      ball_ends(v, eps, lo, hi);
+      sorted.ranks(codes[index.nearest(&lo)], codes[index.nearest(&hi)], first[p], last[p]);
+      // nearest(x) is one of the reachable codes, and the lowest index of its value.
+      const int32_t r = static_cast<int32_t>(
+          std::lower_bound(sorted.values.begin(), sorted.values.end(), codes[star]) - sorted.values.begin());
+      if (r < first[p] || r > last[p] || sorted.order[r] != star)
+        throw std::logic_error("internal error: the nearest code is not in its exact candidate set");
     }
   });
   out.offsets.assign(n + 1, 0);
-  for (int64_t p = 0; p < n; ++p) {
-    // The nearest code's interval always contains the pixel, so a set is never empty.
-    if (last[p] < first[p]) throw std::logic_error("internal error: empty exact candidate set");
-    out.offsets[p + 1] = out.offsets[p] + (last[p] - first[p] + 1);
-  }
+  for (int64_t p = 0; p < n; ++p) out.offsets[p + 1] = out.offsets[p] + (last[p] - first[p] + 1);
   if (counts_only) return;
   out.members.resize(out.offsets[n]);
   parallel_for(n, 4096, [&](int64_t begin, int64_t end, int) {
+    std::vector<int32_t> others;
     for (int64_t p = begin; p < end; ++p) {
       int64_t w = out.offsets[p];
       const int star = out.nearest[p];
       out.members[w++] = star;
-      std::vector<int32_t> others;
+      others.clear();
       for (int32_t r = first[p]; r <= last[p]; ++r)
         if (sorted.order[r] != star) others.push_back(sorted.order[r]);
       std::sort(others.begin(), others.end());
@@ -150,7 +222,12 @@ CandidateSets candidate_sets(const NearestIndex& index, const float* x, PixelLay
   CandidateSets out;
   if (rule == CandidateRule::exact) {
     if (index.channels() != 1) throw std::invalid_argument("the exact candidate rule needs one-channel codes");
-    exact_sets(index, x, layout, eps, counts_only, out);
+    const SortedCodes sorted(index.codes());
+    if (exact_rule_applies(index, sorted)) {
+      exact_sets(index, sorted, x, layout, eps, counts_only, out);
+      return out;
+    }
+    sound_sets<1>(index, x, layout, eps, counts_only, out);  // see exact_rule_applies
     return out;
   }
   switch (index.channels()) {

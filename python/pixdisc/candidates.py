@@ -1,17 +1,31 @@
 """Candidate sets C(x_i) of the certificate and the size of S(x) = prod_i C(x_i) (SPEC §3).
 
 For a pixel x_i with nearest code c*, every code an l_inf perturbation of size
-eps can make the nearest one lies in C(x_i). Two rules:
+eps can make the nearest one lies in C(x_i). A perturbed value is any float32
+x' in [0, 1] with ``fabs(float64(x') - float64(x_i)) <= eps`` (the distance
+test used throughout pixdisc). Two rules:
 
 - ``sound`` (any metric, any number of channels):
   ``C(x_i) = {c : dist(x_i, c) <= dist(x_i, c*) + 2 delta}``, where delta is
   how far eps moves a pixel in the codebook's metric (eps for linf, C*eps for
   l1, sqrt(C)*eps for l2). Note ``<=``: the paper's ``<`` is unsound on ties.
-- ``exact`` (one channel): the codes whose Voronoi interval meets
-  ``[x-eps, x+eps] ∩ [0, 1]`` — exactly the reachable codes, so a
-  misclassified z in S(x) is a real adversarial example.
-
-Both widen their tests by 1e-6 to cover float32 rounding, so they stay sound.
+  Its test is widened by 1e-6 to cover float32 rounding, so it stays sound
+  but may hold codes that no input reaches.
+- ``exact`` (one channel): exactly the codes that the native nearest-code
+  kernel (float32 distances, ties to the lowest index) assigns to some x' of
+  the ball — no slack. Why this is computable: the float32s of the ball are
+  one run ``[lo32, hi32]``; in one dimension the nearest code's value is a
+  non-decreasing function of x' (float rounding of ``|x' - c|`` is monotone),
+  and each code value's preimage is an interval of floats containing the
+  value. So C(x_i) is the set of distinct code values between the values of
+  ``nearest(lo32)`` and ``nearest(hi32)`` (the lowest index of each value, the
+  only one the kernel ever picks). A misclassified z in S(x) is then a real
+  adversarial example. The float64 distance test can accept a float that
+  exceeds eps by at most half an ulp of eps (never reject one within it), so
+  the rule errs on the sound side for certification. (One fallback: for l2
+  with two distinct code values closer than 2^-60, squared float distances
+  can underflow to ties and the monotonicity fails; such codebooks get the
+  sound rule.)
 """
 
 from __future__ import annotations

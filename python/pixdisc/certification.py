@@ -12,6 +12,12 @@ proves robustness. Two modes:
   node as a counterexample, and enumerate nodes that are small. ``unable``
   only when the per-sample budget of nodes or seconds runs out.
 
+``failed`` means a real input x' within eps with ``F(T(x')) != y`` was built
+and checked; a misclassified z of S(x) that no input is found to realize
+(the sound rule of several channels can admit unreachable codes) makes the
+sample ``unable`` instead. One channel uses the exact candidate sets, whose
+every member is realized.
+
 Work is sharded by sample index over any ``concurrent.futures.Executor`` or a
 Dask ``distributed.Client``; records stream into an append-only JSON-lines
 checkpoint so a killed run resumes with nothing lost or repeated.
@@ -65,11 +71,14 @@ class Budget:
 class CertifyResult:
     """Per-sample outcomes plus everything needed to report them.
 
-    ``outcome[i]`` is ``"certified"``, ``"failed"`` or ``"unable"``. For a
-    failure, ``z_codes[i]`` holds the code index of every pixel of a
-    misclassified z in S(x), and ``counterexample[i]`` a real input x' with
-    ``||x' - x||_inf <= eps`` and ``F(T(x')) != y`` when one was built and
-    checked (``verified[i]``).
+    ``outcome[i]`` is ``"certified"``, ``"failed"`` or ``"unable"``.
+    ``"failed"`` always comes with a real input ``counterexample[i]``, x' with
+    ``||x' - x||_inf <= eps`` and ``F(T(x')) != y``, built and checked
+    (``verified[i]`` is True). ``z_codes[i]`` holds the code index of every
+    pixel of the misclassified z in S(x) it realizes; a misclassified z that
+    no input could be found to realize (possible with the sound rule of
+    several channels) makes the sample ``"unable"``, with its ``z_codes`` kept
+    for inspection and ``verified[i]`` False.
     """
 
     outcome: np.ndarray
@@ -147,6 +156,47 @@ class _Record:
         rec.z_codes = None if z is None else _decode(z, np.int32)
         rec.counterexample = None if ce is None else _decode(ce, np.float32)
         return rec
+
+
+def _within_eps(value: np.ndarray, x: np.ndarray, eps: float) -> np.ndarray:
+    """The distance test used throughout pixdisc: ``fabs(float64(value) - float64(x)) <= eps``."""
+    return np.abs(value.astype(np.float64) - x.astype(np.float64)) <= eps
+
+
+def _ball_ends(x: np.ndarray, eps: float) -> Tuple[np.ndarray, np.ndarray]:
+    """The smallest and largest float32 u in [0, 1] with ``_within_eps(u, x, eps)``, elementwise.
+
+    As in candidates.cpp: round the float64 ends of ``[x - eps, x + eps] ∩ [0, 1]``
+    to float32 (at most one float outside the ball), step back towards x while
+    outside, then, where the float64 test also accepts floats beyond, bisect
+    over bit patterns up to 0 or 1 (the test is monotone on each side of x, and
+    non-negative floats order like their bits). x qualifies, so both ends exist.
+    """
+    x = np.asarray(x, np.float32)
+    x64 = x.astype(np.float64)
+    ends = []
+    for start, limit in ((np.maximum(x64 - eps, 0.0), np.float32(0)), (np.minimum(x64 + eps, 1.0), np.float32(1))):
+        end = start.astype(np.float32) + np.float32(0)  # never -0, whose bits would not order
+        while True:
+            outside = ~_within_eps(end, x, eps)
+            if not outside.any():
+                break
+            end = np.where(outside, np.nextafter(end, x), end).astype(np.float32)
+        limit_bits = int(np.array(limit).view(np.uint32))
+        good = end.view(np.uint32).astype(np.int64)  # inside
+        bad = np.full_like(good, limit_bits)  # outside, unless the limit itself is inside
+        open_ = (good != limit_bits) & _within_eps(np.nextafter(end, limit), x, eps)
+        at_limit = open_ & _within_eps(np.full_like(end, limit), x, eps)
+        good[at_limit] = limit_bits
+        open_ &= ~at_limit
+        while open_.any():
+            mid = (good + bad) // 2
+            ok = _within_eps(mid.astype(np.uint32).view(np.float32), x, eps)
+            good = np.where(open_ & ok, mid, good)
+            bad = np.where(open_ & ~ok, mid, bad)
+            open_ &= np.abs(good - bad) > 1
+        ends.append(good.astype(np.uint32).view(np.float32).reshape(x.shape))
+    return ends[0], ends[1]
 
 
 def _encode(a: np.ndarray) -> str:
@@ -258,18 +308,20 @@ class _Engine:
 
     # -- counterexamples ------------------------------------------------------------------------
     def _realize(self, sample: _Sample, z: np.ndarray) -> Tuple[Optional[np.ndarray], bool]:
-        """An input x' within eps of x with T(x') = z; checked with T and F."""
-        x = sample.x.astype(np.float64)
-        target = self._codes[z].T.astype(np.float64)  # (C, P)
-        lo, hi = np.clip(x - self.eps, 0, 1), np.clip(x + self.eps, 0, 1)
+        """An input x' within eps of x with T(x') = z and F(T(x')) != y, checked with T and F; else (None, False).
+
+        Every moved pixel channel takes the float32 of its eps-ball closest to
+        the target code value (the value itself when it lies in the ball).
+        One channel, that is exact: a code's preimage under T is an interval
+        of floats holding its own value, so a code is reachable iff that
+        float reaches it (candidates.py). Several channels, it is the closest
+        point of the box coordinate-wise, which can miss a code that the sound
+        rule admits; the caller then has no counterexample.
+        """
+        lo, hi = _ball_ends(sample.x, self.eps)  # float32 (C, P)
+        target = self._codes[z].T.astype(np.float32)  # (C, P)
         moved = z != sample.base_codes
-        proposal = np.where(moved[None, :], np.clip(target, lo, hi), x).astype(np.float32)
-        # float32 rounding must not leave the eps-ball: step back towards x by ulps.
-        for _ in range(4):
-            outside = np.abs(proposal.astype(np.float64) - x) > self.eps
-            if not outside.any():
-                break
-            proposal = np.where(outside, np.nextafter(proposal, sample.x), proposal).astype(np.float32)
+        proposal = np.where(moved[None, :], np.minimum(np.maximum(target, lo), hi), sample.x).astype(np.float32)
         x_adv = proposal.reshape(self.image_shape)
         assigned = np.asarray(self.codebook.assign(x_adv[None], channel_axis=1)).reshape(-1)
         if not np.array_equal(assigned, z):
@@ -280,8 +332,14 @@ class _Engine:
         return x_adv, True
 
     def _failed(self, sample: _Sample, z: np.ndarray, nodes: int, started: float) -> _Record:
+        """A misclassified z of S(x): "failed" only with a checked real input x', otherwise "unable".
+
+        The sound rule (several channels) can hold codes no input reaches, so a
+        misclassified z is not by itself a failure (SPEC §3); its codes stay in
+        the record for inspection, with verified False.
+        """
         x_adv, ok = self._realize(sample, z)
-        return _Record(sample.index, "failed", sample.log2_size, len(sample.positions), nodes,
+        return _Record(sample.index, "failed" if ok else "unable", sample.log2_size, len(sample.positions), nodes,
                        time.monotonic() - started, ok, z.astype(np.int32), x_adv)
 
     # -- modes ----------------------------------------------------------------------------------

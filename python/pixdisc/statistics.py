@@ -18,18 +18,22 @@ def _check(successes: int, m: int, delta: float) -> None:
 
 
 def hoeffding_lower(successes: int, m: int, delta: float) -> float:
-    """Additive Hoeffding bound ``s_hat - sqrt(ln(1/delta) / (2m))``: holds with probability >= 1 - delta."""
+    """Additive Hoeffding bound ``s_hat - sqrt(ln(1/delta) / (2m))``: holds with probability >= 1 - delta.
+
+    Clamped at 0: a fraction is never negative, so a negative bound says nothing more.
+    """
     _check(successes, m, delta)
-    return successes / m - math.sqrt(math.log(1 / delta) / (2 * m))
+    return max(0.0, successes / m - math.sqrt(math.log(1 / delta) / (2 * m)))
 
 
 def paper_lower(successes: int, m: int, delta: float) -> float:
     """The paper's multiplicative ``(1 - sqrt(ln(1/delta) / (2m))) * s_hat`` (reproduces its Table IV).
 
     It is not what Hoeffding's inequality gives; reported for comparison only.
+    Clamped at 0 (for small m the factor is negative).
     """
     _check(successes, m, delta)
-    return (1 - math.sqrt(math.log(1 / delta) / (2 * m))) * successes / m
+    return max(0.0, (1 - math.sqrt(math.log(1 / delta) / (2 * m))) * successes / m)
 
 
 def clopper_pearson_lower(successes: int, m: int, delta: float) -> float:

@@ -13,7 +13,13 @@ namespace pixdisc {
 // Integer values are part of the binding ABI.
 enum class CandidateRule : int {
   sound = 0,  // dist(x, c) <= dist(x, c*) + 2 delta  (any metric, any C)
-  exact = 1,  // one channel: codes whose Voronoi interval meets [x-eps, x+eps] ∩ [0,1]
+  // One channel: exactly the codes nearest(x') over every float32 x' in [0,1]
+  // with fabs(double(x') - double(x)) <= eps. In one dimension the nearest
+  // code's value is non-decreasing in x', so these are the distinct code values
+  // between those of nearest(lo32) and nearest(hi32), the float32 ends of the
+  // ball (lowest index per value). No slack; see candidates.cpp for the proof
+  // and the one fallback (l2 with code values closer than 2^-60 uses `sound`).
+  exact = 1,
 };
 
 // How far an image-level l_inf perturbation of size eps can move one pixel,
@@ -37,9 +43,10 @@ PIXDISC_HD double true_distance(Metric metric, const float* x, long long stride,
   return metric == Metric::l2 ? sqrt(acc) : acc;
 }
 
-// Slack added to the sound rule's threshold: it covers the float32 rounding
-// an attacker's own discretization makes (relative 1e-7 on distances <= 2),
-// so the candidate set is a superset of every reachable code.
+// Slack added to the sound rule's threshold (only that rule: the exact rule
+// has none): it covers the float32 rounding an attacker's own discretization
+// makes (relative 1e-7 on distances <= 2), so the candidate set is a superset
+// of every reachable code.
 constexpr double kCandidateSlack = 1e-6;
 
 // Digit of `rank` at a position of a mixed radix number (least significant
