@@ -66,18 +66,24 @@ def test_train_then_attack_round_trip(digits_models, tmp_path, capsys, single_to
     assert bare["dataset"] == "digits" and bare["defense"] is None and bare["n"] == 100
     assert bare["clean_accuracy"] > 0.5
     assert bare["robust_accuracy"] <= bare["clean_accuracy"]
-    assert list(bare["robust_after"]) == ["pgd_ce", "pgd_cw", "adam_sign"]
+    # An undefended model gets the gradient attacks of the suite; the S(x) search and Square need a discretizer.
+    assert list(bare["robust_after"]) == ["pgd_ce", "pgd_cw", "adam_sign", "apgd_ce", "apgd_dlr"]
+    assert bare["interval"]["floor"] is None
     # The same network behind the codebook: BPDA attack through the defense.
     assert cli.main(["attack", str(natural), "--codebook", str(digits_models / "codes.npz"), "--attacks",
                      "pgd_ce", "--steps", "5", "--step-size", "0.1", "--limit", "100", "--json"]) == 0
     defended = json.loads(capsys.readouterr().out)
     assert defended["defense"]["codes_255"] == [[0], [255]]
-    assert list(defended["robust_after"]) == ["pgd_ce"]
+    assert list(defended["robust_after"]) == ["pgd_ce", "certify"]
+    interval = defended["interval"]
+    assert interval["floor"] <= interval["ceiling"] == defended["robust_accuracy"]
+    assert interval["certified"] + interval["broken"] + interval["undecided"] == 100
     # A disc_*_re model file records its defense; --no-defense attacks the bare network.
     assert cli.main(["attack", str(digits_models / "disc.pt"), "--steps", "2", "--step-size", "0.1",
-                     "--limit", "30"]) == 0
+                     "--limit", "30", "--square-queries", "20"]) == 0
     text = capsys.readouterr().out
-    assert "behind discretization" in text and "robust (worst case)" in text
+    assert "behind discretization" in text and "robust after S(x) search" in text and "+Square" in text
+    assert "robust (attacked ceiling)" in text and "certified (floor)" in text
     assert cli.main(["attack", str(digits_models / "disc.pt"), "--no-defense", "--steps", "2", "--step-size", "0.1",
                      "--limit", "30", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["defense"] is None

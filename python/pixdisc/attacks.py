@@ -26,7 +26,10 @@ __all__ = [
     "PAPER_BUDGETS",
     "AttackResult",
     "AttackSpec",
+    "SUITE",
     "adam_sign_attack",
+    "applicable_attacks",
+    "attack_spec",
     "cross_entropy_loss",
     "contains_discretize",
     "cw_margin_loss",
@@ -622,49 +625,74 @@ def contains_discretize(model: nn.Module) -> bool:
     return any(isinstance(module, Discretize) for module in model.modules())
 
 
-def default_attacks(
-    model: nn.Module,
+# Every attack of the suite by name, strongest and cheapest first for a discretized model.
+SUITE: tuple[str, ...] = ("sx", "pgd_ce", "pgd_cw", "adam_sign", "apgd_ce", "apgd_dlr", "square")
+# Names that only make sense against a discretizer: the S(x) search needs one; the
+# gradient-free Square is what catches gradient masking, which only a defense causes.
+_DEFENSE_ONLY = ("sx", "square")
+_TORCHATTACKS = ("apgd_ce", "apgd_dlr", "square")
+
+
+def attack_spec(
+    name: str,
     eps: float,
     *,
     steps: int = 100,
     step_size: float | None = None,
     square_queries: int = 1000,
     sx_budget: Any = None,
-    third_party: bool = True,
-) -> list[AttackSpec]:
-    """The strongest suite pixdisc has for ``model``, strongest and cheapest first.
-
-    For a model ``Sequential(Discretize(cb), net)``: the S(x) search
-    (:func:`pixdisc.sx_attack.sx_attack`), then BPDA PGD with cross-entropy
-    and CW margin and the paper's Adam-on-sign attack (``steps`` of
-    ``step_size``, default ``eps / 30``, the paper's MNIST ratio), then, when
-    torchattacks is installed and ``third_party``, APGD-CE and APGD-DLR
-    through the BPDA gradient and the gradient-free Square attack
-    (``square_queries`` queries) on the hard model. For any other model the
-    gradient attacks. Every spec carries a ``name``.
-    """
+    seed: int = 0,
+) -> AttackSpec:
+    """The ``evaluate_robustness`` spec of one named attack of :data:`SUITE` (``step_size`` default ``eps / 30``)."""
     if not _is_real(eps) or eps < 0:
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     step_size = eps / 30 if step_size is None else step_size
     budget = {"eps": float(eps), "steps": int(steps), "step_size": float(step_size)}
-    specs: list[AttackSpec] = []
+    if name == "sx":
+        return {"name": name, "attack": "sx", "eps": float(eps), **({} if sx_budget is None else {"budget": sx_budget})}
+    if name in ("pgd_ce", "pgd_cw"):
+        return {"name": name, "attack": "pgd", "loss": name[-2:], **budget}
+    if name == "adam_sign":
+        return {"name": name, "attack": "adam_sign", "loss": "cw", **budget}
+    if name in _TORCHATTACKS:
+        from .integrations import TorchattacksAttack
+
+        if name == "square":
+            return TorchattacksAttack(name, "Square", norm="Linf", eps=float(eps), n_queries=int(square_queries),
+                                      seed=seed)
+        return TorchattacksAttack(name, "APGD", norm="Linf", eps=float(eps), steps=int(steps), loss=name[5:],
+                                  seed=seed)
+    raise ValueError(f"unknown attack {name!r}; choose from {list(SUITE)}")
+
+
+def applicable_attacks(model: nn.Module, names: Sequence[str] = SUITE) -> list[str]:
+    """``names`` without those that do not apply to ``model`` or need torchattacks when it is missing."""
     defended = contains_discretize(model)
     if defended:
         from .sx_attack import split_defended
 
         split_defended(model)  # a clear error now if the discretizer is not the first layer
-        specs.append({"name": "sx", "attack": "sx", "eps": float(eps),
-                      **({} if sx_budget is None else {"budget": sx_budget})})
-    specs += [
-        {"name": "pgd_ce", "attack": "pgd", "loss": "ce", **budget},
-        {"name": "pgd_cw", "attack": "pgd", "loss": "cw", **budget},
-        {"name": "adam_sign", "attack": "adam_sign", "loss": "cw", **budget},
-    ]
-    if third_party:
-        from .integrations import torchattacks_suite
+    try:
+        import torchattacks  # noqa: F401
 
-        specs += torchattacks_suite(eps, steps=steps, square_queries=square_queries if defended else 0)
-    return specs
+        have_torchattacks = True
+    except ImportError:
+        have_torchattacks = False
+    return [name for name in names
+            if (defended or name not in _DEFENSE_ONLY) and (have_torchattacks or name not in _TORCHATTACKS)]
+
+
+def default_attacks(model: nn.Module, eps: float, **options: Any) -> list[AttackSpec]:
+    """The strongest suite pixdisc has for ``model`` (:data:`SUITE`, what applies), strongest and cheapest first.
+
+    For a model ``Sequential(Discretize(cb), net)``: the S(x) search
+    (:func:`pixdisc.sx_attack.sx_attack`), BPDA PGD with cross-entropy and CW
+    margin and the paper's Adam-on-sign attack, then, when torchattacks is
+    installed, APGD-CE and APGD-DLR through the BPDA gradient and the
+    gradient-free Square attack on the hard model. For any other model the
+    gradient attacks. ``options`` go to :func:`attack_spec`.
+    """
+    return [attack_spec(name, eps, **options) for name in applicable_attacks(model)]
 
 
 def _run_spec(
@@ -765,7 +793,7 @@ def evaluate_robustness(
     if attacks is None:
         if eps is None:
             raise ValueError("the default attack suite needs eps")
-        attacks = default_attacks(model, eps, steps=steps, step_size=step_size)
+        attacks = default_attacks(model, eps, steps=steps, step_size=step_size, seed=seed)
     if not attacks:
         raise ValueError("attacks must name at least one attack")
     for position, spec in enumerate(attacks):

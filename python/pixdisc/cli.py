@@ -229,12 +229,12 @@ def _attack_budget(dataset: str, eps: Optional[float], steps: Optional[int],
 
 
 def _parse_attacks(text: str) -> List[str]:
-    from .experiments import ATTACK_LABELS
+    from .attacks import SUITE
 
     names = [name.strip().replace("-", "_").lower() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in ATTACK_LABELS]
+    unknown = [name for name in names if name not in SUITE]
     if unknown or not names:
-        raise CommandError(f"--attacks takes a comma-separated list of {', '.join(ATTACK_LABELS)}; got {text!r}")
+        raise CommandError(f"--attacks takes a comma-separated list of {', '.join(SUITE)}; got {text!r}")
     return names
 
 
@@ -390,9 +390,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    """Attack a model file (behind a defense when there is one) and print clean and robust accuracy."""
-    from .attacks import evaluate_robustness
+    """Attack a model file with the strongest suite and, behind a defense, certify: print floor and ceiling."""
+    from .attacks import SUITE, applicable_attacks
+    from .certification import Budget
     from .discretize import Discretize
+    from .evaluation import robustness_interval
     from .experiments import ATTACK_LABELS, DATASET_DEFAULTS, attack_specs, summarise_result
     from torch import nn
 
@@ -417,46 +419,71 @@ def cmd_attack(args: argparse.Namespace) -> int:
         device = next(iter(model.parameters())).device
         model = nn.Sequential(Discretize(codebook, bpda=args.bpda, alpha=alpha), model).to(device).eval()
     eps, steps, step_size = _attack_budget(dataset, args.eps, args.steps, args.step_size)
-    names = _parse_attacks(args.attacks)
-    specs = attack_specs(eps, steps, step_size, names)
+    requested = _parse_attacks(args.attacks) if args.attacks else list(SUITE)
+    names = applicable_attacks(model, requested)
+    if not names:
+        raise CommandError(f"none of the attacks {', '.join(requested)} applies to this model "
+                           "(the S(x) search and Square need a discretizer; APGD and Square need torchattacks)")
+    if args.square_queries < 1 or args.certify_nodes < 1 or args.certify_seconds <= 0:
+        raise CommandError("--square-queries and --certify-nodes must be >= 1 and --certify-seconds > 0")
+    specs = attack_specs(eps, steps, step_size, names, square_queries=args.square_queries, seed=args.seed)
     if args.restarts != 1:
         if args.restarts < 1:
             raise CommandError(f"--restarts must be >= 1, got {args.restarts}")
         for spec in specs:
-            spec["restarts"] = args.restarts
-            spec["random_start"] = True
+            if isinstance(spec, dict) and spec["attack"] in ("pgd", "adam_sign"):
+                spec["restarts"] = args.restarts
+                spec["random_start"] = True
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
     started = time.perf_counter()
-    outcome = evaluate_robustness(model, x, y, specs, batch_size=args.batch_size, seed=args.seed, eps=eps,
-                                  keep_adv=False, progress=_progress(args))
+    budget = None if args.no_certify else Budget(nodes=args.certify_nodes, seconds=args.certify_seconds)
+    if budget is None:
+        from .attacks import evaluate_robustness
+
+        outcome = evaluate_robustness(model, x, y, specs, batch_size=args.batch_size, seed=args.seed, eps=eps,
+                                      keep_adv=False, progress=_progress(args))
+        summary = summarise_result(outcome, names)
+        interval: Dict[str, Any] = {}
+    else:
+        result = robustness_interval(model, x, y, eps, attacks=specs, batch_size=args.batch_size, seed=args.seed,
+                                     certify_budget=budget, progress=_progress(args))
+        summary = summarise_result(result.attack, result.attack_names)
+        names = result.attack_names
+        interval = result.summary()
     seconds = time.perf_counter() - started
-    summary = summarise_result(outcome, names)
     report = {
         "model": str(args.model), "setting": meta.get("setting"), "dataset": data.name, "split": args.split,
         "defense": None if codebook is None else {"codes_255": np.rint(codebook.codes_ * 255).astype(int).tolist(),
                                                   "metric": codebook.metric, "bpda": args.bpda, "alpha": alpha},
         "eps": eps, "steps": steps, "step_size": step_size,
-        "attacks": [{"name": name, **spec} for name, spec in zip(names, specs)],
-        **summary, "seconds": seconds,
+        "attacks": [{"name": name, **(spec if isinstance(spec, dict) else spec.params)}
+                    for name, spec in zip(names, specs)],
+        **summary, "interval": interval or None, "seconds": seconds,
     }
     text = [f"{args.model} on {data.name} {args.split} ({summary['n']} images)"
             + (f" behind discretization (codes {report['defense']['codes_255']}/255, BPDA {args.bpda}, "
                f"alpha={alpha:g})" if codebook is not None else " without a defense"),
-            f"attack budget: eps={eps:g}, {steps} steps of {step_size:g}",
+            f"attack budget: eps={eps:g}; gradient attacks {steps} steps of {step_size:g}",
             f"  clean accuracy            {_percent(summary['clean_accuracy'])}"]
     for index, name in enumerate(names):
         label = ATTACK_LABELS[name] if index == 0 else "+" + ATTACK_LABELS[name]
         text.append(f"  robust after {label:<12} {_percent(summary['robust_after'][name])}")
-    text.append(f"  robust (worst case)       {_percent(summary['robust_accuracy'])}   [{seconds:.1f} s]")
+    text.append(f"  robust (attacked ceiling) {_percent(summary['robust_accuracy'])}")
+    if interval.get("floor") is not None:
+        text.append(f"  certified (floor)         {_percent(interval['floor'])}")
+        text.append(f"  undecided                 {interval['undecided']} of {interval['n']} images"
+                    + ("  -> robust accuracy is exact" if interval["exact"] else ""))
+    text.append(f"  [{seconds:.1f} s]")
     _emit(args, report, text)
     return EXIT_OK
 
 
 def _add_attack(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("attack", help="attack a model file and print clean and robust accuracy",
-                       description="White-box l_inf attacks (through BPDA when the model is behind the defense); "
-                                   "per-sample worst case over the attacks.")
+    p = sub.add_parser("attack", help="attack a model file; behind a defense also certify (floor and ceiling)",
+                       description="The strongest l_inf suite (behind a defense: the S(x) search, BPDA gradient "
+                                   "attacks, APGD and Square); per-sample worst case over the attacks, and behind "
+                                   "a defense the certified floor beside that ceiling.")
     p.add_argument("model", type=Path, help="model file written by `pixdisc train` or `pixdisc evaluate`")
     p.add_argument("--codebook", type=Path, help="put the model behind this codebook's discretization")
     p.add_argument("--no-defense", action="store_true",
@@ -467,12 +494,19 @@ def _add_attack(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, help="where the data set's files are")
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--limit", type=int, default=None, help="attack the first N images of the split")
-    p.add_argument("--attacks", default="pgd_ce,pgd_cw,adam_sign",
-                   help="comma-separated: pgd_ce, pgd_cw, adam_sign (default: all three, in this order)")
+    p.add_argument("--attacks", default=None,
+                   help="comma-separated subset of sx, pgd_ce, pgd_cw, adam_sign, apgd_ce, apgd_dlr, square "
+                        "(default: all that apply, in this order)")
     p.add_argument("--eps", type=float, default=None, help="l_inf budget (default: the paper's for the data set)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--step-size", type=float, default=None)
-    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--steps", type=int, default=None, help="steps of the gradient attacks (default: the paper's)")
+    p.add_argument("--step-size", type=float, default=None, help="step of PGD and Adam-sign (default: the paper's)")
+    p.add_argument("--restarts", type=int, default=1, help="random restarts of PGD and Adam-sign")
+    p.add_argument("--square-queries", type=int, default=1000, help="queries of the Square attack")
+    p.add_argument("--certify-nodes", type=int, default=20,
+                   help="branch-and-bound nodes per image for the certified floor")
+    p.add_argument("--certify-seconds", type=float, default=0.5,
+                   help="seconds per image for the certified floor")
+    p.add_argument("--no-certify", action="store_true", help="report the attacked ceiling only")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
@@ -520,7 +554,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "retrain_epochs": args.retrain_epochs, "adversarial_retrain_epochs": args.adversarial_retrain_epochs,
         "train_eps": args.train_eps, "train_steps": args.train_steps, "train_step_size": args.train_step_size,
         "n_train": args.n_train, "n_test": args.n_test, "seed": args.seed, "device": args.device,
-        "settings": settings, "attacks": tuple(_parse_attacks(args.attacks)),
+        "settings": settings, "attacks": tuple(_parse_attacks(args.attacks)) if args.attacks else None,
     }
     if args.no_curve:
         overrides["curve_eps"] = ()
@@ -554,7 +588,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=None, help="BPDA sharpness (default: the paper's)")
     p.add_argument("--arch", default=None, choices=("small_cnn", "madry_mnist", "mlp", "cifar_resnet"))
     p.add_argument("--settings", default=None, help="comma-separated subset of the six settings (default: all)")
-    p.add_argument("--attacks", default="pgd_ce,pgd_cw,adam_sign")
+    p.add_argument("--attacks", default=None,
+                   help="comma-separated subset of sx, pgd_ce, pgd_cw, adam_sign, apgd_ce, apgd_dlr, square "
+                        "(default: all; each setting runs those that apply)")
     p.add_argument("--eps", type=float, default=None, help="attack budget (default: the paper's)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--step-size", type=float, default=None)

@@ -153,7 +153,7 @@ def robustness_interval(
         verified = np.flatnonzero(certificate.verified & (outcome == "failed"))
         _merge_counterexamples(model, result, certificate, certified_on, verified, len(names), images, labels)
         broken = result.success.cpu().numpy()
-    names.append("certify")
+        names.append("certify")
     status = np.where(certified, "certified", np.where(broken, "broken", "undecided")).astype("<U9")
     return RobustnessInterval(status, result, names, certificate, certified_on, float(eps), seconds)
 

@@ -18,9 +18,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import __version__, datasets
-from .attacks import PAPER_BUDGETS, evaluate_robustness
+from .attacks import PAPER_BUDGETS, SUITE, applicable_attacks, attack_spec, evaluate_robustness
+from .certification import Budget
 from .codebook import Codebook, DensityCodebook
 from .discretize import Discretize
+from .evaluation import robustness_interval
 from .models import save_model
 from .report import paper_reference, write_report
 from .train import SETTINGS, train_model, train_setting
@@ -34,18 +36,25 @@ __all__ = [
     "attack_specs",
     "check_paper_claims",
     "config_for_dataset",
+    "evaluate_setting",
     "load_data",
     "run_demo",
     "run_experiment",
     "summarise_result",
 ]
 
-# The paper's attacks, by the names the CLI and the reports use. Where a
-# defense is present every one of them runs through its BPDA backward.
+# The suite's attacks, by the names the CLI and the reports use. Where a
+# defense is present every gradient attack runs through its BPDA backward;
+# "certify" is the certificate's checked counterexamples, counted as an attack.
 ATTACK_LABELS: dict[str, str] = {
+    "sx": "S(x) search",
     "pgd_ce": "PGD-CE",
     "pgd_cw": "PGD-CW",
     "adam_sign": "Adam-sign",
+    "apgd_ce": "APGD-CE",
+    "apgd_dlr": "APGD-DLR",
+    "square": "Square",
+    "certify": "certify",
 }
 
 
@@ -75,7 +84,11 @@ class ExperimentConfig:
     eps: float = 0.3
     steps: int = 100
     step_size: float = 0.01
-    attacks: tuple[str, ...] = ("pgd_ce", "pgd_cw", "adam_sign")
+    attacks: tuple[str, ...] = SUITE
+    square_queries: int = 1000
+    # Certified floor beside every attacked ceiling: certify's branch-and-bound budget per sample.
+    certify_nodes: int = 20
+    certify_seconds: float = 0.5
     # Training.
     natural_epochs: int = 6
     adversarial_epochs: int = 20
@@ -152,6 +165,9 @@ QUICK_CONFIG = ExperimentConfig(
     curve_eps=(0.1, 0.3),
     curve_steps=3,
     curve_n=30,
+    square_queries=20,
+    certify_nodes=4,
+    certify_seconds=0.1,
 )
 
 # Per data set: the paper's attack budget (PAPER_BUDGETS), codebook (Table II) and BPDA alpha.
@@ -186,24 +202,11 @@ def config_for_dataset(dataset: str, base: ExperimentConfig = DEMO_CONFIG, **ove
     return base.replace(**changes)
 
 
-def attack_specs(eps: float, steps: int, step_size: float,
-                 names: Sequence[str] = ("pgd_ce", "pgd_cw", "adam_sign")) -> list[dict[str, Any]]:
-    """The paper's attacks as ``evaluate_robustness`` specs, in order.
-
-    PGD (random start) with cross-entropy and with the CW margin, and the
-    authors' Adam-on-sign attack with the margin loss from the clean image.
-    """
-    specs = []
-    for name in names:
-        if name == "pgd_ce":
-            specs.append({"attack": "pgd", "loss": "ce", "eps": eps, "steps": steps, "step_size": step_size})
-        elif name == "pgd_cw":
-            specs.append({"attack": "pgd", "loss": "cw", "eps": eps, "steps": steps, "step_size": step_size})
-        elif name == "adam_sign":
-            specs.append({"attack": "adam_sign", "loss": "cw", "eps": eps, "steps": steps, "step_size": step_size})
-        else:
-            raise ValueError(f"unknown attack {name!r}; choose from {sorted(ATTACK_LABELS)}")
-    return specs
+def attack_specs(eps: float, steps: int, step_size: float, names: Sequence[str] = SUITE, *,
+                 square_queries: int = 1000, seed: int = 0) -> list[Any]:
+    """The named attacks (:data:`pixdisc.attacks.SUITE`) as ``evaluate_robustness`` specs, in order."""
+    return [attack_spec(name, eps, steps=steps, step_size=step_size, square_queries=square_queries, seed=seed)
+            for name in names]
 
 
 def load_data(config: ExperimentConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, datasets.Dataset]:
@@ -320,6 +323,22 @@ def _train_all(
     return {name: models[name] for name in config.settings}, histories, seconds
 
 
+def evaluate_setting(model: nn.Module, x: Tensor, y: Tensor, config: ExperimentConfig, *,
+                     progress: bool = True) -> dict[str, Any]:
+    """One model's row: the configured suite (what applies to it), and for a discretized model the certified floor."""
+    names = applicable_attacks(model, config.attacks)
+    specs = attack_specs(config.eps, config.steps, config.step_size, names, square_queries=config.square_queries,
+                         seed=config.seed)
+    interval = robustness_interval(model, x, y, config.eps, attacks=specs, batch_size=config.eval_batch_size,
+                                   seed=config.seed, progress=progress,
+                                   certify_budget=Budget(nodes=config.certify_nodes, seconds=config.certify_seconds))
+    row = summarise_result(interval.attack, interval.attack_names)
+    row.update({key: value for key, value in interval.summary().items()
+                if key in ("floor", "ceiling", "certified", "broken", "undecided", "exact")})
+    row["seconds"] = interval.seconds
+    return row
+
+
 def summarise_result(result: Any, attack_names: Sequence[str]) -> dict[str, Any]:
     """Clean, cumulative-per-attack and worst-case robust accuracy from an ``evaluate_robustness`` result."""
     count = len(result)
@@ -428,7 +447,8 @@ def run_experiment(
     units of 1/255); ``extra`` is merged into the result as is.
     """
     started = time.perf_counter()
-    specs = attack_specs(config.eps, config.steps, config.step_size, config.attacks)
+    specs = attack_specs(config.eps, config.steps, config.step_size, config.attacks,
+                         square_queries=config.square_queries, seed=config.seed)
     _needed_settings(config.settings)
     timings: dict[str, float] = {}
     curve_count = len([name for name in config.curve_settings if name in config.settings]) if config.curve_eps else 0
@@ -466,16 +486,16 @@ def run_experiment(
         for name, model in models.items():
             stages.set_description(f"attack {name}")
             stage_started = time.perf_counter()
-            outcome = evaluate_robustness(model, x_test, y_test, specs, batch_size=config.eval_batch_size,
-                                          seed=config.seed, eps=config.eps, keep_adv=False, progress=progress)
-            rows[name] = summarise_result(outcome, config.attacks)
+            rows[name] = evaluate_setting(model, x_test, y_test, config, progress=progress)
             rows[name]["eval_seconds"] = time.perf_counter() - stage_started
             rows[name]["train_seconds"] = train_seconds.get(f"train {name}", 0.0)
             timings[f"attack {name}"] = rows[name]["eval_seconds"]
             stages.update(1)
             if progress:
+                floor = rows[name]["floor"]
                 stages.write(f"{name:>13}: clean {100 * rows[name]['clean_accuracy']:5.1f}%  "
-                             f"robust {100 * rows[name]['robust_accuracy']:5.1f}%", file=sys.stderr)
+                             f"robust {100 * rows[name]['robust_accuracy']:5.1f}% (attacked)"
+                             + ("" if floor is None else f", certified {100 * floor:5.1f}%"), file=sys.stderr)
 
         stage_started = time.perf_counter()
         curve = _eps_curve(config, models, x_test, y_test, stages, progress)
@@ -507,8 +527,10 @@ def run_experiment(
             "eps": config.eps,
             "steps": config.steps,
             "step_size": config.step_size,
-            "attacks": [{"name": name, "label": ATTACK_LABELS[name], **spec}
+            "attacks": [{"name": name, "label": ATTACK_LABELS[name],
+                         **(spec if isinstance(spec, Mapping) else spec.params)}
                         for name, spec in zip(config.attacks, specs)],
+            "certify_budget": {"nodes": config.certify_nodes, "seconds": config.certify_seconds},
             "bpda": "attacks on disc_* settings go through the defense's BPDA backward",
         },
         "training": {

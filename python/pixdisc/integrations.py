@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from .codebook import Codebook
 from .discretize import Discretize
 
-__all__ = ["ArtDiscretizer", "TorchattacksAttack", "torchattacks_suite"]
+__all__ = ["ArtDiscretizer", "TorchattacksAttack"]
 
 try:  # ART is optional; the adapter exists only when it is installed
     from art.defences.preprocessor.preprocessor import PreprocessorPyTorch as _ArtBase
@@ -71,18 +71,3 @@ class TorchattacksAttack:
     def __repr__(self) -> str:
         return f"TorchattacksAttack({self.__name__!r}, {self.factory!r}, {self.options!r})"
 
-
-def torchattacks_suite(eps: float, *, steps: int = 100, square_queries: int = 1000,
-                       seed: int = 0) -> List[TorchattacksAttack]:
-    """APGD-CE and APGD-DLR (``steps`` each) and, with ``square_queries > 0``, Square; empty without torchattacks."""
-    try:
-        import torchattacks  # noqa: F401
-    except ImportError:
-        return []
-    suite = [TorchattacksAttack("apgd_ce", "APGD", norm="Linf", eps=float(eps), steps=int(steps), loss="ce", seed=seed),
-             TorchattacksAttack("apgd_dlr", "APGD", norm="Linf", eps=float(eps), steps=int(steps), loss="dlr",
-                                seed=seed)]
-    if square_queries > 0:
-        suite.append(TorchattacksAttack("square", "Square", norm="Linf", eps=float(eps), n_queries=int(square_queries),
-                                        seed=seed))
-    return suite

@@ -77,17 +77,23 @@ def _percent(value: float | None) -> str:
 
 
 def markdown_table(result: Mapping[str, Any]) -> str:
-    """The result's settings as a Markdown table: clean, robust after each attack, worst case, paper's numbers.
+    """The settings as a Markdown table: clean, robust after each attack, the attacked ceiling, the certified floor.
 
-    Attack columns are cumulative: a point counts as robust under "+CW" only if
-    neither PGD-CE nor PGD-CW broke it, so the last attack column is the
-    per-sample worst case over all attacks.
+    Attack columns are cumulative: a point counts as robust under "+PGD-CW"
+    only if no attack before it broke it either, so the last attack column is
+    the per-sample worst case over all attacks (the ceiling). "+certify" adds
+    the certificate's checked counterexamples. An attack that does not apply
+    to a setting (the S(x) search and Square need a discretizer) shows "—".
+    The certified floor and the undecided count sit beside the ceiling; where
+    nothing is undecided the robust accuracy is exact.
     """
-    attacks = [attack["label"] for attack in result["attack"]["attacks"]]
+    attacks = [(attack["name"], attack["label"]) for attack in result["attack"]["attacks"]]
+    if any("certify" in row.get("robust_after", {}) for row in result["settings"].values()):
+        attacks.append(("certify", "certify"))
     paper = result.get("paper")
     header = ["setting", "clean"]
-    header += [label if index == 0 else f"+{label}" for index, label in enumerate(attacks)]
-    header.append("worst case")
+    header += [label if index == 0 else f"+{label}" for index, (_, label) in enumerate(attacks)]
+    header += ["ceiling (attacked)", "floor (certified)", "undecided"]
     if paper is not None:
         header += ["paper clean", "paper robust"]
     lines = [
@@ -96,8 +102,12 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     ]
     for name, row in result["settings"].items():
         cells = [f"`{name}`", _percent(row["clean_accuracy"])]
-        cells += [_percent(value) for value in row["robust_after"].values()]
-        cells.append(f"**{_percent(row['robust_accuracy'])}**")
+        cells += [_percent(row["robust_after"].get(attack)) for attack, _ in attacks]
+        floor = row.get("floor")
+        exact = " (exact)" if row.get("exact") else ""
+        cells.append(f"**{_percent(row['robust_accuracy'])}**{exact}")
+        cells.append(_percent(floor))
+        cells.append("—" if floor is None else str(row.get("undecided", "—")))
         if paper is not None:
             reference = paper["settings"].get(name)
             if reference is None:
@@ -122,10 +132,19 @@ def _describe(result: Mapping[str, Any]) -> list[str]:
         f"- defense: {book['kind']} k={book['params'].get('k')}, r={book['params'].get('r')}, "
         f"metric {book['params'].get('metric')} -> codes {{{codes}}}; BPDA `{defense['bpda']}`, "
         f"alpha={defense['alpha']:g}",
-        f"- attacks (l_inf, eps={attack['eps']:g}, {attack['steps']} steps of {attack['step_size']:g}, through "
-        f"BPDA where the defense is present): {names}; accuracies in %",
+        f"- attacks (l_inf, eps={attack['eps']:g}; gradient attacks {attack['steps']} steps of "
+        f"{attack['step_size']:g}, through BPDA where the defense is present): {names}; accuracies in %",
+        f"- robust accuracy is an interval: the ceiling is what no attack broke, the floor what `certify` proved "
+        f"(branch and bound, {_budget_text(attack.get('certify_budget'))} per image, on the images no attack "
+        f"broke); where nothing is undecided it is exact",
         f"- model: `{result['training']['arch']}`; training: {_training_summary(result['training'])}",
     ]
+
+
+def _budget_text(budget: Mapping[str, Any] | None) -> str:
+    if not budget:
+        return "default budget"
+    return f"at most {budget['nodes']} nodes and {budget['seconds']:g} s"
 
 
 def _training_summary(training: Mapping[str, Any]) -> str:
