@@ -158,10 +158,11 @@ def test_unrealizable_misclassified_member_is_unable_not_failed(mode):
 
 def test_realize_probe_reaches_every_exact_candidate():
     """One channel: the float32 of the ball closest to a candidate code discretizes to that code."""
-    from pixdisc.certification import _ball_ends
+    from pixdisc.realize import ball_ends as _ball_ends
 
+    # Exact arithmetic: |u - 0.5| <= 0.5 - 2^-40 holds down to 2^-40 exactly (float64 would let 512 more floats in).
     lo, hi = _ball_ends(np.array([0.5, 2.0**-60], np.float32), 0.5 - 2.0**-40)
-    assert lo.tolist() == [2.0**-40 - 2.0**-55, 0.0]  # 512 floats below float32(0.5 - eps) = 2^-40
+    assert lo.tolist() == [2.0**-40, 0.0]
     assert hi.tolist() == [1 - 2.0**-24, 0.5 - 2.0**-25]
     rng = np.random.default_rng(21)
     for trial in range(20):
@@ -169,8 +170,8 @@ def test_realize_probe_reaches_every_exact_candidate():
         book = pixdisc.Codebook(codes)
         x = np.concatenate([rng.integers(0, 256, size=200) / np.float32(255), rng.random(200), [0.0, 0.5, 1.0]])
         x = x.astype(np.float32)
-        # 0.5 - 2^-40: float64 rounding of |u - x| lets the ball of x = 0.5 reach below float32(x - eps).
-        eps = float(rng.choice([0.0, 0.5 / 255, 1 / 255, 0.05, 0.1, 0.3, 0.5 - 2.0**-40]))
+        # (Not 0.5 - 2^-40: there the rule's float64 test admits floats that exact arithmetic does not.)
+        eps = float(rng.choice([0.0, 0.5 / 255, 1 / 255, 0.05, 0.1, 0.3]))
         lo, hi = _ball_ends(x, eps)
         x64 = x.astype(np.float64)
         assert (np.abs(lo - x64) <= eps).all() and (np.abs(hi - x64) <= eps).all()

@@ -45,6 +45,7 @@ from torch import nn
 from . import _backend
 from .candidates import candidate_sets, resolve_rule
 from .codebook import Codebook
+from .realize import ball_ends
 from .statistics import certified_fraction_bounds
 
 __all__ = ["certify", "CertifyResult", "Budget", "OUTCOMES", "MODES", "BOUNDS"]
@@ -156,47 +157,6 @@ class _Record:
         rec.z_codes = None if z is None else _decode(z, np.int32)
         rec.counterexample = None if ce is None else _decode(ce, np.float32)
         return rec
-
-
-def _within_eps(value: np.ndarray, x: np.ndarray, eps: float) -> np.ndarray:
-    """The distance test used throughout pixdisc: ``fabs(float64(value) - float64(x)) <= eps``."""
-    return np.abs(value.astype(np.float64) - x.astype(np.float64)) <= eps
-
-
-def _ball_ends(x: np.ndarray, eps: float) -> Tuple[np.ndarray, np.ndarray]:
-    """The smallest and largest float32 u in [0, 1] with ``_within_eps(u, x, eps)``, elementwise.
-
-    As in candidates.cpp: round the float64 ends of ``[x - eps, x + eps] ∩ [0, 1]``
-    to float32 (at most one float outside the ball), step back towards x while
-    outside, then, where the float64 test also accepts floats beyond, bisect
-    over bit patterns up to 0 or 1 (the test is monotone on each side of x, and
-    non-negative floats order like their bits). x qualifies, so both ends exist.
-    """
-    x = np.asarray(x, np.float32)
-    x64 = x.astype(np.float64)
-    ends = []
-    for start, limit in ((np.maximum(x64 - eps, 0.0), np.float32(0)), (np.minimum(x64 + eps, 1.0), np.float32(1))):
-        end = start.astype(np.float32) + np.float32(0)  # never -0, whose bits would not order
-        while True:
-            outside = ~_within_eps(end, x, eps)
-            if not outside.any():
-                break
-            end = np.where(outside, np.nextafter(end, x), end).astype(np.float32)
-        limit_bits = int(np.array(limit).view(np.uint32))
-        good = end.view(np.uint32).astype(np.int64)  # inside
-        bad = np.full_like(good, limit_bits)  # outside, unless the limit itself is inside
-        open_ = (good != limit_bits) & _within_eps(np.nextafter(end, limit), x, eps)
-        at_limit = open_ & _within_eps(np.full_like(end, limit), x, eps)
-        good[at_limit] = limit_bits
-        open_ &= ~at_limit
-        while open_.any():
-            mid = (good + bad) // 2
-            ok = _within_eps(mid.astype(np.uint32).view(np.float32), x, eps)
-            good = np.where(open_ & ok, mid, good)
-            bad = np.where(open_ & ~ok, mid, bad)
-            open_ &= np.abs(good - bad) > 1
-        ends.append(good.astype(np.uint32).view(np.float32).reshape(x.shape))
-    return ends[0], ends[1]
 
 
 def _encode(a: np.ndarray) -> str:
@@ -318,7 +278,7 @@ class _Engine:
         point of the box coordinate-wise, which can miss a code that the sound
         rule admits; the caller then has no counterexample.
         """
-        lo, hi = _ball_ends(sample.x, self.eps)  # float32 (C, P)
+        lo, hi = ball_ends(sample.x, self.eps)  # float32 (C, P), exact: see pixdisc.realize
         target = self._codes[z].T.astype(np.float32)  # (C, P)
         moved = z != sample.base_codes
         proposal = np.where(moved[None, :], np.minimum(np.maximum(target, lo), hi), sample.x).astype(np.float32)
