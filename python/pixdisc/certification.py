@@ -66,6 +66,9 @@ class Budget:
     nodes: int = 2000
     seconds: float = 20.0
     leaf_log2: float = 10.0  # enumerate nodes with log2|S| at most this (<= 1024 images)
+    # Exact final stage for samples the nodes/seconds leave open: a mixed-integer
+    # program over S(x) (pixdisc.exact, SciPy's HiGHS) with this many seconds; 0 = off.
+    exact_seconds: float = 0.0
 
 
 @dataclass
@@ -93,6 +96,7 @@ class CertifyResult:
     config: Dict[str, Any]
     delta: float
     wall_seconds: float = 0.0
+    method: Optional[np.ndarray] = None  # per sample: what decided it ("" when unable)
 
     def __len__(self) -> int:
         return len(self.outcome)
@@ -111,6 +115,9 @@ class CertifyResult:
             out.update({"s_hat": bounds["s_hat"], "lower_hoeffding": bounds["hoeffding"],
                         "lower_clopper_pearson": bounds["clopper_pearson"],
                         "lower_paper_formula": bounds["paper_formula"]})
+        if self.method is not None:
+            decided = [str(method) for method in self.method if method]
+            out["decided_by"] = {name: decided.count(name) for name in sorted(set(decided))}
         return out
 
 
@@ -142,6 +149,7 @@ class _Record:
     verified: bool = False
     z_codes: Optional[np.ndarray] = None
     counterexample: Optional[np.ndarray] = None
+    method: str = ""  # what decided it: bounds, branch-and-bound, enumeration, milp-highs, counterexample
 
     def to_json(self) -> Dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k not in ("z_codes", "counterexample")}
@@ -300,7 +308,7 @@ class _Engine:
         """
         x_adv, ok = self._realize(sample, z)
         return _Record(sample.index, "failed" if ok else "unable", sample.log2_size, len(sample.positions), nodes,
-                       time.monotonic() - started, ok, z.astype(np.int32), x_adv)
+                       time.monotonic() - started, ok, z.astype(np.int32), x_adv, "counterexample" if ok else "")
 
     # -- modes ----------------------------------------------------------------------------------
     def certify_samples(self, samples: List[_Sample]) -> List[_Record]:
@@ -317,7 +325,7 @@ class _Engine:
             if predictions[i] != s.y:
                 records[i] = self._failed(s, s.base_codes.copy(), 0, time.monotonic() - share)
             elif not len(s.positions):
-                records[i] = _Record(s.index, "certified", 0.0, 0, 0, share)
+                records[i] = _Record(s.index, "certified", 0.0, 0, 0, share, method="no ambiguous pixel")
             else:
                 pending.append(i)
         if self.mode == "bab" and pending:
@@ -327,7 +335,8 @@ class _Engine:
             for i, ok in zip(list(pending), proven):
                 if ok:
                     s = samples[i]
-                    records[i] = _Record(s.index, "certified", s.log2_size, len(s.positions), 1, share)
+                    records[i] = _Record(s.index, "certified", s.log2_size, len(s.positions), 1, share,
+                                         method="bounds")
             pending = [i for i in pending if records[i] is None]
         for i in pending:
             t0 = time.monotonic()
@@ -342,7 +351,7 @@ class _Engine:
         if z is not None:
             return self._failed(sample, z, 1, started)
         return _Record(sample.index, "certified", sample.log2_size, len(sample.positions), 1,
-                       time.monotonic() - started)
+                       time.monotonic() - started, method="enumeration")
 
     def _box(self, sample: _Sample, allowed: List[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
         base = self._image(sample, sample.base_codes).reshape(self.image_shape[0], -1)
@@ -401,8 +410,7 @@ class _Engine:
         nodes = 0
         while stack:
             if nodes >= self.budget.nodes or time.monotonic() > deadline:
-                return _Record(sample.index, "unable", sample.log2_size, len(sample.positions), nodes,
-                               time.monotonic() - started)
+                return self._exact_stage(sample, nodes, started)
             batch = [stack.pop() for _ in range(min(len(stack), max(1, self.batch_size // 4)))]
             nodes += len(batch)
             boxes = [self._box(sample, allowed) for allowed in batch]
@@ -420,12 +428,34 @@ class _Engine:
                     if z is not None:
                         return self._failed(sample, z, nodes, started)
                     if not finished:
-                        return _Record(sample.index, "unable", sample.log2_size, len(sample.positions), nodes,
-                                       time.monotonic() - started)
+                        return self._exact_stage(sample, nodes, started)
                     continue
                 stack.extend(self._split(sample, allowed, lower, upper, grad))
         return _Record(sample.index, "certified", sample.log2_size, len(sample.positions), nodes,
-                       time.monotonic() - started)
+                       time.monotonic() - started, method="branch-and-bound")
+
+    def _exact_stage(self, sample: _Sample, nodes: int, started: float) -> _Record:
+        """Bounds and branching ran out: decide by a mixed-integer program when the budget allows, else unable."""
+        unable = _Record(sample.index, "unable", sample.log2_size, len(sample.positions), nodes,
+                         time.monotonic() - started)
+        if self.budget.exact_seconds <= 0:
+            return unable
+        from .exact import decide_milp
+
+        try:
+            outcome = decide_milp(self.net, self._image(sample, sample.base_codes), sample.positions,
+                                  sample.candidates, self._codes, sample.y, time_limit=self.budget.exact_seconds,
+                                  margin_tolerance=_MARGIN_TOLERANCE, base_codes=sample.base_codes,
+                                  image_shape=self.image_shape)
+        except NotImplementedError:  # a layer the program cannot encode
+            return unable
+        if outcome.status == "certified":
+            return _Record(sample.index, "certified", sample.log2_size, len(sample.positions), nodes,
+                           time.monotonic() - started, method=outcome.method)
+        if outcome.status == "counterexample":
+            return self._failed(sample, outcome.z_codes.astype(np.int32), nodes, started)
+        unable.seconds = time.monotonic() - started
+        return unable
 
     def _split(self, sample: _Sample, allowed: List[np.ndarray], lower: np.ndarray, upper: np.ndarray,
                grad: np.ndarray) -> List[List[np.ndarray]]:
@@ -681,6 +711,7 @@ def certify(
         config=config,
         delta=delta,
         wall_seconds=time.monotonic() - started,
+        method=np.array([r.method for r in ordered], dtype=object),
     )
 
 

@@ -437,7 +437,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
     started = time.perf_counter()
-    budget = None if args.no_certify else Budget(nodes=args.certify_nodes, seconds=args.certify_seconds)
+    budget = None if args.no_certify else Budget(nodes=args.certify_nodes, seconds=args.certify_seconds,
+                                                 exact_seconds=args.exact_seconds)
     if budget is None:
         from .attacks import evaluate_robustness
 
@@ -506,6 +507,8 @@ def _add_attack(sub: argparse._SubParsersAction) -> None:
                    help="branch-and-bound nodes per image for the certified floor")
     p.add_argument("--certify-seconds", type=float, default=0.5,
                    help="seconds per image for the certified floor")
+    p.add_argument("--exact-seconds", type=float, default=0.0,
+                   help="certify's exact stage (mixed-integer program over S(x)) per undecided image (default: off)")
     p.add_argument("--no-certify", action="store_true", help="report the attacked ceiling only")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -710,7 +713,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
     try:
         for eps in args.eps:
             result = certify(net, codebook, x, labels, eps, mode=args.mode, b=args.b, bound=args.bound,
-                             budget=Budget(nodes=args.budget_nodes, seconds=args.budget_seconds),
+                             budget=Budget(nodes=args.budget_nodes, seconds=args.budget_seconds,
+                                           exact_seconds=args.exact_seconds),
                              executor=executor, workers=args.workers, delta=args.delta,
                              checkpoint=_checkpoint_for(args.resume, eps, len(args.eps)),
                              progress=not (args.quiet or args.json), device="cuda" if args.cuda else "cpu")
@@ -757,6 +761,9 @@ def _add_certify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bound", choices=("crown", "ibp"), default="crown")
     p.add_argument("--budget-nodes", type=int, default=2000)
     p.add_argument("--budget-seconds", type=float, default=20.0)
+    p.add_argument("--exact-seconds", type=float, default=0.0,
+                   help="then decide what is left by a mixed-integer program over S(x) (HiGHS) with this many "
+                        "seconds per image (default 0: off)")
     p.add_argument("--delta", type=float, default=0.01, help="failure probability of the lower bounds")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--workers", type=int, default=None, help="local worker processes (default: all cores)")
