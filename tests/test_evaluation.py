@@ -94,3 +94,20 @@ def test_undefended_model_has_no_floor():
     assert interval.certificate is None and interval.floor is None and not interval.exact
     assert set(interval.status.tolist()) <= {"broken", "undecided"}
     assert interval.attack_names == ["pgd"]
+
+
+def test_a_network_the_bounds_cannot_walk_has_no_floor_and_says_why():
+    x, y, model = _problem(seed=4, n=6)
+
+    class Custom(torch.nn.Module):  # forward overridden: bound propagation does not trust it
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    wrapped = torch.nn.Sequential(model[0], Custom(model[1])).eval()
+    interval = robustness_interval(wrapped, x, y, 0.1, attacks=[_no_attack], progress=False)
+    assert interval.certificate is None and interval.floor is None
+    assert "no certified floor" in interval.summary()["floor_unavailable"]

@@ -50,6 +50,7 @@ class RobustnessInterval:
     certified_on: np.ndarray
     eps: float
     seconds: dict[str, float] = field(default_factory=dict)
+    floor_unavailable: str = ""  # why there is no certificate, where there is none
 
     def __len__(self) -> int:
         return len(self.status)
@@ -88,6 +89,7 @@ class RobustnessInterval:
             "undecided_fraction": counts["undecided"] / n if n else None,
             "decided_fraction": (n - counts["undecided"]) / n if n and self.certificate is not None else None,
             "exact": self.exact,
+            "floor_unavailable": self.floor_unavailable or None,
             "seconds": dict(self.seconds),
         }
 
@@ -130,18 +132,23 @@ def robustness_interval(
     broken = result.success.cpu().numpy().copy()
     n = len(broken)
     certificate = None
+    unavailable = "" if contains_discretize(model) else "no discretizer: nothing to certify"
     certified_on = np.zeros(0, np.int64)
     certified = np.zeros(n, bool)
     if contains_discretize(model) and n:
         certified_on = np.arange(n) if certify_all else np.flatnonzero(~broken)
         started = time.perf_counter()
         options = {"executor": "serial", **dict(certify_options or {})}
-        if len(certified_on):
+        try:
             certificate = certify(model, None, images[certified_on].cpu(), labels[certified_on].cpu(), eps,
                                   budget=certify_budget or DEMO_CERTIFY_BUDGET, progress=progress, **options)
-        else:
-            certificate = _empty_certificate(eps)
+        except TypeError as exc:
+            if "does not support" not in str(exc):
+                raise
+            # A network the bounds cannot walk: there is no floor, and the report says why.
+            unavailable = f"no certified floor: {exc}"
         seconds["certify"] = time.perf_counter() - started
+    if certificate is not None:
         outcome = certificate.outcome
         certified[certified_on] = outcome == "certified"
         contradicted = certified & broken
@@ -155,7 +162,7 @@ def robustness_interval(
         broken = result.success.cpu().numpy()
         names.append("certify")
     status = np.where(certified, "certified", np.where(broken, "broken", "undecided")).astype("<U9")
-    return RobustnessInterval(status, result, names, certificate, certified_on, float(eps), seconds)
+    return RobustnessInterval(status, result, names, certificate, certified_on, float(eps), seconds, unavailable)
 
 
 def _merge_counterexamples(model: nn.Module, result: AttackResult, certificate: CertifyResult, certified_on: np.ndarray,
@@ -175,10 +182,3 @@ def _merge_counterexamples(model: nn.Module, result: AttackResult, certificate: 
         result.adv_correct[sample] = False
         if result.attack_index is not None:
             result.attack_index[sample] = position
-
-
-def _empty_certificate(eps: float) -> CertifyResult:
-    empty = np.zeros(0)
-    return CertifyResult(outcome=np.zeros(0, "<U9"), log2_size=empty, n_ambiguous=empty.astype(np.int64),
-                         nodes=empty.astype(np.int64), seconds=empty, verified=empty.astype(bool), z_codes={},
-                         counterexample={}, config={"eps": float(eps)}, delta=0.01)
