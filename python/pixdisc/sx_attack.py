@@ -42,9 +42,9 @@ class SearchBudget:
     """Effort of the S(x) attack per restart (the default costs about one 100-step BPDA attack)."""
 
     restarts: int = 2
-    relax_steps: int = 30
-    flip_steps: int = 20
-    local_steps: int = 4
+    relax_steps: int = 20
+    flip_steps: int = 12
+    local_steps: int = 2
     enumerate_log2: float = 8.0  # enumerate S(x) exactly when it has at most 2**this members
     tabu_tenure: int = 5
     chunk: int = 2048  # images per forward pass in batched evaluations
