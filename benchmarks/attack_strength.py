@@ -28,7 +28,7 @@ import torch
 from pixdisc.attacks import attack_spec, evaluate_robustness
 from pixdisc.codebook import load_codebook
 from pixdisc.discretize import Discretize
-from pixdisc.evaluation import DEMO_CERTIFY_BUDGET, robustness_interval
+from pixdisc.evaluation import DEFAULT_CERTIFY_BUDGET, robustness_interval
 from pixdisc.experiments import DEMO_CONFIG, load_data
 from pixdisc.models import load_model
 from pixdisc.sx_attack import SearchBudget
@@ -96,8 +96,8 @@ def run(demo: Path, n: int, settings: list[str], out: Path) -> dict[str, Any]:
             runs["suite"] = {"label": "pixdisc default suite + certify", **interval.summary(),
                              "attack_names": interval.attack_names, "seconds_total": seconds,
                              "broken": interval.attack.success.nonzero().squeeze(1).tolist(),
-                             "certify_budget": {"nodes": DEMO_CERTIFY_BUDGET.nodes,
-                                                "seconds": DEMO_CERTIFY_BUDGET.seconds}}
+                             "certify_budget": {"nodes": DEFAULT_CERTIFY_BUDGET.nodes,
+                                                "seconds": DEFAULT_CERTIFY_BUDGET.seconds}}
             print(f"{setting} suite: ceiling {100 * interval.ceiling:.1f}%, floor {100 * interval.floor:.1f}% "
                   f"in {seconds:.0f} s", flush=True)
             _save(out.with_suffix(".json"), data)

@@ -23,14 +23,15 @@ from .attacks import (AttackResult, AttackSpec, _as_images, _as_labels, contains
                       evaluate_robustness)
 from .certification import Budget, CertifyResult, certify
 
-__all__ = ["RobustnessInterval", "robustness_interval", "STATUSES", "DEMO_CERTIFY_BUDGET"]
+__all__ = ["RobustnessInterval", "robustness_interval", "STATUSES", "DEFAULT_CERTIFY_BUDGET"]
 
 STATUSES = ("certified", "broken", "undecided")
 
-# Suited to the demo's time on 2 cores: bounds at the root and a short branch
-# and bound. Certified-trained models decide almost everything with it;
-# naturally or adversarially trained ones are not certifiable by bounds anyway.
-DEMO_CERTIFY_BUDGET = Budget(nodes=20, seconds=0.5)
+# Bounds at the root and a short branch and bound, about half a second per
+# undecided image on 2 cores: certified-trained models decide almost everything
+# with it; naturally or adversarially trained ones are barely certifiable by
+# bounds at all, so more budget buys little there.
+DEFAULT_CERTIFY_BUDGET = Budget(nodes=20, seconds=0.5)
 
 
 @dataclass
@@ -114,7 +115,7 @@ def robustness_interval(
 
     For a model ``Sequential(Discretize(cb), net)``, :func:`pixdisc.certify`
     (branch and bound, ``certify_budget`` per sample, default
-    :data:`DEMO_CERTIFY_BUDGET`) runs on the samples no attack broke (on all
+    :data:`DEFAULT_CERTIFY_BUDGET`) runs on the samples no attack broke (on all
     of them with ``certify_all``, which checks the two sides against each
     other everywhere); ``certify_options`` go to it as keywords (``workers``,
     ``executor``, ``checkpoint``, ...). A verified counterexample of certify
@@ -141,7 +142,7 @@ def robustness_interval(
         options = {"executor": "serial", **dict(certify_options or {})}
         try:
             certificate = certify(model, None, images[certified_on].cpu(), labels[certified_on].cpu(), eps,
-                                  budget=certify_budget or DEMO_CERTIFY_BUDGET, progress=progress, **options)
+                                  budget=certify_budget or DEFAULT_CERTIFY_BUDGET, progress=progress, **options)
         except TypeError as exc:
             if "does not support" not in str(exc):
                 raise
