@@ -137,7 +137,7 @@ def render(data: dict[str, Any]) -> str:
         checks.append("yes" if not weaker else "no: " + ", ".join(weaker))
         bpda = sum(runs[name]["seconds"] for name in ("pgd_ce", "pgd_cw", "adam_sign") if name in runs)
         cost.append(f"{runs['sx']['seconds']:.0f} s vs {bpda:.0f} s" if "sx" in runs else "—")
-    lines += [f"| **default suite (ceiling)** | " + " | ".join(cells) + " |",
+    lines += ["| **default suite (ceiling)** | " + " | ".join(cells) + " |",
               "| certified floor (certify, same images) | " + " | ".join(floors) + " |",
               "| undecided images | " + " | ".join(undecided) + " |",
               "| suite breaks every image any attack above breaks | " + " | ".join(checks) + " |",

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import numbers
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -672,12 +673,7 @@ def applicable_attacks(model: nn.Module, names: Sequence[str] = SUITE) -> list[s
         from .sx_attack import split_defended
 
         split_defended(model)  # a clear error now if the discretizer is not the first layer
-    try:
-        import torchattacks  # noqa: F401
-
-        have_torchattacks = True
-    except ImportError:
-        have_torchattacks = False
+    have_torchattacks = importlib.util.find_spec("torchattacks") is not None
     return [name for name in names
             if (defended or name not in _DEFENSE_ONLY) and (have_torchattacks or name not in _TORCHATTACKS)]
 
@@ -736,8 +732,14 @@ def _run_spec(
     finally:
         model.train(was_training)
     _check_logits(clean_logits, y)
+    return result_from_inputs(x, y, x_adv, clean_logits, adv_logits,
+                              {"attack": _spec_name(spec, 0), **getattr(spec, "params", {})})
+
+
+def result_from_inputs(x: Tensor, y: Tensor, x_adv: Tensor, clean_logits: Tensor, adv_logits: Tensor,
+                       params: dict[str, Any]) -> AttackResult:
+    """The AttackResult of checked adversarial inputs, success judged by the model's own logits on them."""
     clean_pred = clean_logits.argmax(dim=1)
-    adv_pred = adv_logits.argmax(dim=1)
     # A misclassified clean point counts as broken with no perturbation, as in pgd.
     use_clean = clean_pred != y
     x_adv = torch.where(use_clean.view(-1, *([1] * (x.ndim - 1))), x, x_adv)
@@ -753,7 +755,7 @@ def _run_spec(
         adv_pred=adv_pred,
         loss=margin,
         margin=margin,
-        params={"attack": _spec_name(spec, 0), **getattr(spec, "params", {})},
+        params=params,
     )
 
 

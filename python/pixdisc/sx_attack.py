@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .attacks import AttackResult, _as_images, _as_labels, _check_logits, _generator, cw_margin_loss
+from .attacks import (AttackResult, _as_images, _as_labels, _check_logits, _generator, cw_margin_loss,
+                      result_from_inputs)
 from .realize import pixel_options, within_eps
 
 __all__ = ["SearchBudget", "sx_attack", "split_defended"]
@@ -398,28 +399,11 @@ def sx_attack(
     finally:
         model.train(was_training)
     _check_within(x_adv, images, eps)
-    clean_pred = clean_logits.argmax(dim=1)
-    adv_pred = adv_logits.argmax(dim=1)
-    # A misclassified clean input is broken with no perturbation, as in pgd.
-    use_clean = clean_pred != labels
-    x_adv = torch.where(use_clean[:, None, None, None], images, x_adv)
-    adv_logits = torch.where(use_clean[:, None], clean_logits, adv_logits)
-    adv_pred = adv_logits.argmax(dim=1)
-    margin = cw_margin_loss(adv_logits, labels)
+    confirmed = adv_logits.argmax(dim=1) != labels
     params = {"attack": "sx", "eps": float(eps), "seed": None if seed is None else int(seed), **asdict(budget),
               "forward_passes": int(problem.forwards), "unrealized_codes": int(problem.dropped),
-              "search_found_but_not_confirmed": int((best.broken & ~(adv_pred != labels)).sum())}
-    return AttackResult(
-        x_adv=x_adv,
-        success=adv_pred != labels,
-        clean_correct=clean_pred == labels,
-        adv_correct=adv_pred == labels,
-        clean_pred=clean_pred,
-        adv_pred=adv_pred,
-        loss=margin,
-        margin=margin,
-        params=params,
-    )
+              "search_found_but_not_confirmed": int((best.broken & ~confirmed).sum())}
+    return result_from_inputs(images, labels, x_adv, clean_logits, adv_logits, params)
 
 
 def _realize(problem: _Problem, x: Tensor, choice: Tensor) -> Tensor:
