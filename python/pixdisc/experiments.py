@@ -448,6 +448,9 @@ def run_experiment(
     units of 1/255); ``extra`` is merged into the result as is.
     """
     started = time.perf_counter()
+    # Timings mean little without the machine's load: record it with them.
+    run_info = {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                "load_before": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     specs = attack_specs(config.eps, config.steps, config.step_size, config.attacks,
                          square_queries=config.square_queries, seed=config.seed)
     _needed_settings(config.settings)
@@ -568,6 +571,7 @@ def run_experiment(
             timings["save models"] = time.perf_counter() - stage_started
     timings["total"] = time.perf_counter() - started
     result["timings"] = timings
+    result["run"] = run_info
     result["versions"] = _versions()
     if out_dir is not None:
         result["files"] = write_report(result, out_dir)

@@ -179,7 +179,13 @@ def write_markdown(result: Mapping[str, Any], path: str | os.PathLike[str]) -> P
         lines.append("")
     timings = result.get("timings", {})
     if timings:
+        run = result.get("run", {})
         lines += ["## Timings (seconds)", ""]
+        if "total" in timings:
+            minutes, seconds = divmod(round(timings["total"]), 60)
+            lines += [f"Wall time {minutes} min {seconds:02d} s on {run.get('cores', '?')} cores "
+                      f"({run.get('torch_threads', '?')} torch threads), load average {run.get('load_before', '?')} "
+                      "at the start.", ""]
         for stage, seconds in timings.items():
             if isinstance(seconds, (int, float)):
                 lines.append(f"- {stage}: {seconds:.1f}")
