@@ -72,6 +72,9 @@ def run(models: Path, out: Path, eps_list: list[float], exact_seconds: float, n:
 def render(data: dict[str, Any]) -> str:
     lines = ["# Floor and ceiling on a certified-trained model (MNIST-5k, CertCNN behind codes {0, 253}/255)", "",
              f"Command: `{data['command']}`", "",
+             f"{os.cpu_count()} cores, torch threads {data.get('torch_threads', '?')}; load average before each eps: "
+             + ", ".join(f"{key}: {run['load_before']:.1f}" for key, run in data["runs"].items())
+             + (f" ({data['note']})" if data.get("note") else "") + ".", "",
              "| eps | clean | certified (floor) | robust under attack (ceiling) | undecided | exact? | "
              "certify decided by | broken by | seconds (attacks / certify) |",
              "|---:|---:|---:|---:|---:|:---:|:---|:---|---:|"]
