@@ -144,7 +144,8 @@ def _describe(result: Mapping[str, Any]) -> list[str]:
 def _budget_text(budget: Mapping[str, Any] | None) -> str:
     if not budget:
         return "default budget"
-    return f"at most {budget['nodes']} nodes and {budget['seconds']:g} s"
+    bound = {"ibp": "interval bounds", "crown": "CROWN"}.get(budget.get("bound", "crown"), budget.get("bound"))
+    return f"{bound}, at most {budget['nodes']} nodes and {budget['seconds']:g} s"
 
 
 def _training_summary(training: Mapping[str, Any]) -> str:
