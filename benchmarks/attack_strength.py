@@ -112,7 +112,8 @@ def render(data: dict[str, Any]) -> str:
     lines = [f"# Attack strength on the demo's discretized models (n={data['n']}, eps={data['eps']:g})", "",
              f"Command: `{data['command']}`", "",
              f"Machine: {data.get('machine', {}).get('cores', '?')} cores, torch threads "
-             f"{data.get('machine', {}).get('torch_threads', '?')}; the load average before each run is in the JSON.",
+             f"{data.get('machine', {}).get('torch_threads', '?')}; the load average before each run is in the JSON"
+             + (f" ({data['note']})" if data.get("note") else "") + ".",
              "", "Robust accuracy (%) under each attack alone, lower is stronger; seconds in brackets.", "",
              "| attack | " + " | ".join(f"`{s}`" for s in settings) + " |",
              "|:---|" + "---:|" * len(settings)]
@@ -139,7 +140,7 @@ def render(data: dict[str, Any]) -> str:
         cost.append(f"{runs['sx']['seconds']:.0f} s vs {bpda:.0f} s" if "sx" in runs else "—")
     lines += ["| **default suite (ceiling)** | " + " | ".join(cells) + " |",
               "| certified floor (certify, same images) | " + " | ".join(floors) + " |",
-              "| undecided images | " + " | ".join(undecided) + " |",
+              "| undecided images (certify: CROWN, 20 nodes / 0.5 s per image) | " + " | ".join(undecided) + " |",
               "| suite breaks every image any attack above breaks | " + " | ".join(checks) + " |",
               "| S(x) search vs the three BPDA attacks together | " + " | ".join(cost) + " |", ""]
     return "\n".join(lines)
