@@ -2,8 +2,8 @@
 
     python benchmarks/readme_tables.py            # after the runs named below
 
-- `<!-- demo-table -->`: `benchmarks/demo/results.json`, written by
-  `pixdisc demo -o benchmarks/demo` (table, wall time, machine load);
+- `<!-- demo-table -->`: `benchmarks/demo/results.json`, written by `pixdisc demo` (the report
+  folder's results.json/md and PNGs copied there; table, wall time, machine load);
 - `<!-- attack-strength -->`: `benchmarks/attack_strength.md` (benchmarks/attack_strength.py);
 - `<!-- interval-certified -->`: `benchmarks/interval_certified.md` (benchmarks/interval_certified.py).
 """
@@ -25,7 +25,8 @@ def _demo_block() -> str:
     minutes, seconds = divmod(round(timings["total"]), 60)
     run = result.get("run", {})
     lines = [markdown_table(result), "",
-             f"Command: `pixdisc demo -o benchmarks/demo` (seed {result['config']['seed']}); wall time "
+             f"Command: `pixdisc demo` (seed {result['config']['seed']}; its report is in `benchmarks/demo/`); "
+             f"wall time "
              f"**{minutes} min {seconds:02d} s** on {run.get('cores', '?')} cores, load average "
              f"{run.get('load_before', '?')} before the run; per stage: "
              + ", ".join(f"{name} {value:.0f} s" for name, value in timings.items() if name != "total") + "."]
