@@ -16,7 +16,8 @@ from .pixels import pixel_histogram
 __version__ = "0.1.0"
 
 # torch is optional: names that need it load on first use (PEP 562).
-_LAZY = {"Discretize": "discretize", "certify": "certification", "Budget": "certification", "CertifyResult": "certification"}
+_LAZY = {"Discretize": "discretize", "certify": "certification", "Budget": "certification",
+         "CertifyResult": "certification", "robustness_interval": "evaluation"}
 
 
 def __getattr__(name):
@@ -47,4 +48,5 @@ __all__ = [
     "certify",
     "Budget",
     "CertifyResult",
+    "robustness_interval",
 ]
