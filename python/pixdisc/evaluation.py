@@ -133,10 +133,11 @@ def robustness_interval(
     broken = result.success.cpu().numpy().copy()
     n = len(broken)
     certificate = None
-    unavailable = "" if contains_discretize(model) else "no discretizer: nothing to certify"
+    defended = contains_discretize(model)
+    unavailable = "" if defended else "no discretizer: nothing to certify"
     certified_on = np.zeros(0, np.int64)
     certified = np.zeros(n, bool)
-    if contains_discretize(model) and n:
+    if defended and n:
         certified_on = np.arange(n) if certify_all else np.flatnonzero(~broken)
         started = time.perf_counter()
         options = {"executor": "serial", **dict(certify_options or {})}

@@ -17,21 +17,13 @@ from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .bounds import SUPPORTED_LAYERS
+
 __all__ = ["ExactOutcome", "decide_milp"]
 
-# Exact types only: a subclass may override forward() and then the program
-# would describe a different function than the one that runs.
-_SUPPORTED: Tuple[type, ...] = (
-    nn.Linear,
-    nn.Conv2d,
-    nn.ReLU,
-    nn.Flatten,
-    nn.AvgPool2d,
-    nn.MaxPool2d,
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.Identity,
-)
+# The layers bound propagation encodes, exact types only (a subclass may override
+# forward(), and the program would then describe a different function).
+_SUPPORTED: Tuple[type, ...] = SUPPORTED_LAYERS
 # Every pre-activation bound is widened by this much before it becomes a big-M
 # constant, so that float error in the bounds can never cut off a real z.
 _WIDEN_REL = 1e-5
