@@ -320,11 +320,11 @@ def test_certify_exact_stage_decides_what_branching_leaves_open(monkeypatch):
     """With no root bound and no branching budget every image reaches the exact stage; it must agree with
     enumeration of S(x), and without the stage the same images stay unable."""
     import pixdisc
-    from pixdisc import certification
+    from pixdisc.certification import engine
     from pixdisc.certification import Budget, certify
     from pixdisc.realize import pixel_options
 
-    monkeypatch.setattr(certification._Engine, "_root_bounds", lambda self, samples: [False] * len(samples))
+    monkeypatch.setattr(engine._Engine, "_root_bounds", lambda self, samples: [False] * len(samples))
     side, n = 4, 12
     gen = torch.Generator().manual_seed(5)
     x = torch.rand(n, 1, side, side, generator=gen)

@@ -1,0 +1,209 @@
+"""The ``certify`` driver: checks inputs, shards samples over executors, streams records to the checkpoint."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import concurrent.futures.process
+import multiprocessing
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..candidates import resolve_rule
+from ..codebook import Codebook
+from .checkpoint import _Checkpoint, _fingerprint, _model_fingerprint
+from .engine import _Engine, _run_chunk
+from .result import BOUNDS, MODES, OUTCOMES, Budget, CertifyResult, _Record
+
+
+def _split_defended(model: nn.Module, codebook: Optional[Codebook]) -> Tuple[nn.Module, Codebook]:
+    from ..discretize import Discretize
+
+    if isinstance(model, nn.Sequential) and len(model) > 0 and isinstance(model[0], Discretize):
+        codebook = codebook or model[0].codebook
+        model = model[1:] if len(model) > 2 else model[1]
+    if codebook is None:
+        raise ValueError("pass the codebook (or a model whose first layer is pixdisc.Discretize)")
+    return model, codebook
+
+
+def _as_nchw(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / np.float32(255)
+    if x.dtype.kind != "f" or x.ndim < 3:
+        raise ValueError(f"x must be float images (N, C, H, W) in [0, 1] or uint8, got dtype {x.dtype} shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all() or x.min(initial=0) < 0 or x.max(initial=0) > 1:
+        raise ValueError("x must lie in [0, 1] (no NaN or inf)")
+    return x
+
+
+def _iterate_results(executor: Any, tasks: List[Tuple]) -> Iterator[List[Dict]]:
+    """Run `_run_chunk(*task)` for every task on the executor, yielding results as they finish."""
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover
+        Client = None  # type: ignore[assignment,misc]
+    if Client is not None and isinstance(executor, Client):
+        from distributed import as_completed
+
+        futures = [executor.submit(_run_chunk, *task, pure=False) for task in tasks]
+        for future in as_completed(futures):
+            yield future.result()
+        return
+    futures = [executor.submit(_run_chunk, *task) for task in tasks]
+    for future in concurrent.futures.as_completed(futures):
+        yield future.result()
+
+
+def certify(
+    model: nn.Module,
+    codebook: Optional[Codebook],
+    x: Any,
+    y: Any,
+    eps: float,
+    mode: str = "bab",
+    b: float = 30,
+    bound: str = "crown",
+    budget: Optional[Budget] = None,
+    batch_size: int = 256,
+    executor: Any = None,
+    checkpoint: Union[str, os.PathLike, None] = None,
+    delta: float = 0.01,
+    rule: str = "auto",
+    chunk_size: int = 64,
+    workers: Optional[int] = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> CertifyResult:
+    """Certify ``F(T(x)) == y`` against every l_inf perturbation of size ``eps``.
+
+    ``model`` is the classifier F on discretized images (or a
+    ``Sequential(Discretize(cb), F)``, whose codebook is then used). ``x`` is
+    NCHW (float in [0, 1], or uint8), ``y`` integer labels. ``executor``:
+    ``None`` runs on local processes (``workers``, default all cores; inline
+    for a single chunk), ``"processes"`` always on local processes,
+    ``"serial"`` in this process, or any
+    ``concurrent.futures.Executor`` / Dask ``distributed.Client``.
+    ``checkpoint`` names a JSON-lines file that records every finished sample;
+    an existing one is resumed (it must come from the same model, codes, data
+    and settings).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if bound not in BOUNDS:
+        raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
+    if not np.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must lie in (0, 1), got {delta!r}")
+    if batch_size < 1 or chunk_size < 1:
+        raise ValueError("batch_size and chunk_size must be positive")
+    budget = budget or Budget()
+    net, codebook = _split_defended(model, codebook)
+    rule = resolve_rule(rule, codebook)
+    x = _as_nchw(x)
+    y = np.asarray(y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else y).astype(np.int64).reshape(-1)
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]} labels")
+    if x.shape[1] != codebook.n_channels and codebook.n_channels != 1:
+        raise ValueError(f"x has {x.shape[1]} channels but the codebook has {codebook.n_channels}")
+    net = net.eval().to(device)
+    config = {"eps": float(eps), "mode": mode, "b": float(b), "bound": bound, "rule": rule,
+              "budget": asdict(budget), "n": int(x.shape[0])}
+    started = time.monotonic()
+    records: Dict[int, _Record] = {}
+    store = None
+    if checkpoint is not None:
+        header = {**config, "model": _model_fingerprint(net), "codes": _fingerprint(codebook.codes_),
+                  "data": _fingerprint(x, y)}
+        store = _Checkpoint(Path(checkpoint), header)
+        records.update(store.done)
+    todo = np.array([i for i in range(x.shape[0]) if i not in records], dtype=np.int64)
+    engine = _Engine(net, codebook, float(eps), mode, float(b), bound, rule, budget, batch_size,
+                     tuple(x.shape[1:]), device)
+    chunks = [todo[i : i + chunk_size] for i in range(0, len(todo), chunk_size)]
+    bar = _progress(progress, x.shape[0])
+    _tally(bar, records.values())
+
+    def consume(results: Iterable[List[Dict]]) -> None:
+        for chunk_records in results:
+            if store is not None:
+                store.append(chunk_records)
+            new = [_Record.from_json(r) for r in chunk_records]
+            records.update((r.index, r) for r in new)
+            _tally(bar, new)
+
+    own_pool = None
+    try:
+        if isinstance(executor, str) and executor not in ("serial", "processes"):
+            raise ValueError(f"executor must be None, 'serial', 'processes', an Executor or a Dask Client, "
+                             f"got {executor!r}")
+        if executor == "serial" or (executor is None and len(chunks) <= 1):
+            consume(_run_chunk(engine, x[c], y[c], c, 0) for c in chunks)
+        else:
+            if executor is None or executor == "processes":
+                workers = workers or os.cpu_count() or 1
+                own_pool = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+                executor = own_pool
+            cpu_engine = engine if device == "cpu" else _Engine(net.cpu(), codebook, float(eps), mode, float(b),
+                                                                 bound, rule, budget, batch_size,
+                                                                 tuple(x.shape[1:]), "cpu")
+            try:
+                consume(_iterate_results(executor, [(cpu_engine, x[c], y[c], c, 1) for c in chunks]))
+            except concurrent.futures.process.BrokenProcessPool as exc:
+                # Records finished so far are in the checkpoint (if any); say how to get going again.
+                raise RuntimeError(
+                    "a certification worker process died. Spawned workers re-import the main script: guard "
+                    "the script's code with `if __name__ == \"__main__\":`, or pass executor=\"serial\"; "
+                    "with checkpoint= a rerun resumes where this one stopped") from exc
+    finally:
+        if own_pool is not None:
+            own_pool.shutdown(cancel_futures=True)
+        if bar is not None:
+            bar.close()
+    ordered = [records[i] for i in range(x.shape[0])]
+    return CertifyResult(
+        outcome=np.array([r.outcome for r in ordered], dtype="<U9"),
+        log2_size=np.array([r.log2_size for r in ordered]),
+        n_ambiguous=np.array([r.n_ambiguous for r in ordered], dtype=np.int64),
+        nodes=np.array([r.nodes for r in ordered], dtype=np.int64),
+        seconds=np.array([r.seconds for r in ordered]),
+        verified=np.array([r.verified for r in ordered], dtype=bool),
+        z_codes={r.index: r.z_codes for r in ordered if r.z_codes is not None},
+        counterexample={r.index: r.counterexample.reshape(x.shape[1:]) for r in ordered if r.counterexample is not None},
+        config=config,
+        delta=delta,
+        wall_seconds=time.monotonic() - started,
+        method=np.array([r.method for r in ordered], dtype=object),
+    )
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="certify", unit="img")
+
+
+def _tally(bar: Any, new: Iterable[_Record]) -> None:
+    if bar is None:
+        return
+    new = list(new)
+    counts = getattr(bar, "_pixdisc_counts", {o: 0 for o in OUTCOMES})
+    for r in new:
+        counts[r.outcome] += 1
+    bar._pixdisc_counts = counts
+    bar.set_postfix(counts, refresh=False)
+    bar.update(len(new))
