@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-from pixdisc import datasets, reproduce as reproduce_module  # noqa: E402
+from pixdisc import datasets, plan  # noqa: E402
 from pixdisc.reproduce import PAPER_NUMBERS, TARGETS, reproduce  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -83,7 +83,8 @@ def test_rerun_reuses_cached_models_and_merges_index(quick_report, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached model was retrained")
 
-    monkeypatch.setattr(reproduce_module, "train_setting", no_training)
+    monkeypatch.setattr(plan, "train_setting", no_training)
+    monkeypatch.setattr(plan, "train_model", no_training)
     again = reproduce("table2", out, quick=True, progress=False)
     assert [row.get("ours") for row in again["rows"]] == [row.get("ours") for row in results["table2"]["rows"]]
     assert set(_sections((out / "index.md").read_text())) == set(TARGETS) - {"all"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import platform
@@ -25,7 +24,8 @@ from .discretize import Discretize
 from .evaluation import robustness_interval
 from .models import save_model
 from .report import paper_reference, write_report
-from .train import SETTINGS, train_model, train_setting
+from .plan import networks_to_train, train_settings
+from .train import SETTINGS
 
 __all__ = [
     "ATTACK_LABELS",
@@ -242,90 +242,6 @@ def _versions() -> dict[str, Any]:
     }
 
 
-def _needed_settings(settings: Sequence[str]) -> set[str]:
-    unknown = [name for name in settings if name not in SETTINGS]
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; choose from {SETTINGS}")
-    if not settings:
-        raise ValueError("choose at least one setting")
-    return set(settings)
-
-
-def _train_all(
-    config: ExperimentConfig,
-    x_train: Tensor,
-    y_train: Tensor,
-    defense: Discretize,
-    num_classes: int,
-    stages: tqdm,
-    progress: bool,
-) -> tuple[dict[str, nn.Module], dict[str, Any], dict[str, float]]:
-    """Train what the requested settings need, sharing the natural/adversarial base networks."""
-    wanted = _needed_settings(config.settings)
-    common = {"arch": config.arch, "arch_kwargs": dict(config.arch_kwargs), "num_classes": num_classes,
-              "seed": config.seed, "progress": progress, "batch_size": config.batch_size, "device": config.device}
-    adversarial_attack = {"eps": config.train_eps, "attack_steps": config.train_steps,
-                          "step_size": config.train_step_size}
-    models: dict[str, nn.Module] = {}
-    histories: dict[str, Any] = {}
-    seconds: dict[str, float] = {}
-
-    def stage(name: str) -> None:
-        stages.set_description(f"train {name}")
-
-    need_adv = bool(wanted & {"adv_pre", "disc_adv_pre", "disc_adv_re"})
-    need_nat = bool(wanted & {"nat_pre", "disc_nat_pre", "disc_nat_re"}) or (need_adv and config.adversarial_warm_start)
-    natural = adversarial = None
-    if need_nat:
-        stage("nat_pre")
-        started = time.perf_counter()
-        natural, histories["nat_pre"] = train_setting(
-            "nat_pre", x_train, y_train, epochs=config.natural_epochs, lr=config.lr, return_history=True, **common)
-        seconds["train nat_pre"] = time.perf_counter() - started
-        stages.update(1)
-    if need_adv:
-        stage("adv_pre")
-        started = time.perf_counter()
-        if config.adversarial_warm_start:
-            assert natural is not None
-            adversarial, histories["adv_pre"] = train_model(
-                copy.deepcopy(natural), x_train, y_train, epochs=config.adversarial_epochs, adversarial=True,
-                lr=config.adversarial_lr, lr_milestones=config.adversarial_lr_milestones,
-                seed=config.seed + 1, progress=progress, batch_size=config.batch_size, device=config.device,
-                **adversarial_attack)
-        else:
-            adversarial, histories["adv_pre"] = train_setting(
-                "adv_pre", x_train, y_train, epochs=config.adversarial_epochs, lr=config.adversarial_lr,
-                lr_milestones=config.adversarial_lr_milestones, return_history=True,
-                **adversarial_attack, **common)
-        seconds["train adv_pre"] = time.perf_counter() - started
-        stages.update(1)
-    if natural is not None:
-        models["nat_pre"] = natural
-        models["disc_nat_pre"] = train_setting("disc_nat_pre", x_train, y_train, defense=defense, base=natural)
-    if adversarial is not None:
-        models["adv_pre"] = adversarial
-        models["disc_adv_pre"] = train_setting("disc_adv_pre", x_train, y_train, defense=defense, base=adversarial)
-    if "disc_nat_re" in wanted:
-        stage("disc_nat_re")
-        started = time.perf_counter()
-        models["disc_nat_re"], histories["disc_nat_re"] = train_setting(
-            "disc_nat_re", x_train, y_train, defense=defense, base=natural, epochs=config.retrain_epochs,
-            lr=config.lr / 2, return_history=True, **common)
-        seconds["train disc_nat_re"] = time.perf_counter() - started
-        stages.update(1)
-    if "disc_adv_re" in wanted:
-        stage("disc_adv_re")
-        started = time.perf_counter()
-        models["disc_adv_re"], histories["disc_adv_re"] = train_setting(
-            "disc_adv_re", x_train, y_train, defense=defense, base=adversarial,
-            epochs=config.adversarial_retrain_epochs, lr=config.adversarial_lr / 2, return_history=True,
-            **adversarial_attack, **common)
-        seconds["train disc_adv_re"] = time.perf_counter() - started
-        stages.update(1)
-    return {name: models[name] for name in config.settings}, histories, seconds
-
-
 def evaluate_setting(model: nn.Module, x: Tensor, y: Tensor, config: ExperimentConfig, *,
                      progress: bool = True) -> dict[str, Any]:
     """One model's row: the configured suite (what applies to it), and for a discretized model the certified floor."""
@@ -456,16 +372,9 @@ def run_experiment(
                 "load_before": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     specs = attack_specs(config.eps, config.steps, config.step_size, config.attacks,
                          square_queries=config.square_queries, seed=config.seed)
-    _needed_settings(config.settings)
+    train_stages = len(networks_to_train(config.settings, config.adversarial_warm_start))
     timings: dict[str, float] = {}
     curve_count = len([name for name in config.curve_settings if name in config.settings]) if config.curve_eps else 0
-    train_stages = sum([
-        bool(set(config.settings) & {"nat_pre", "disc_nat_pre", "disc_nat_re"})
-        or (bool(set(config.settings) & {"adv_pre", "disc_adv_pre", "disc_adv_re"}) and config.adversarial_warm_start),
-        bool(set(config.settings) & {"adv_pre", "disc_adv_pre", "disc_adv_re"}),
-        "disc_nat_re" in config.settings,
-        "disc_adv_re" in config.settings,
-    ])
     total_stages = 2 + train_stages + len(config.settings) + curve_count
     with tqdm(total=total_stages, desc="load data", unit="stage", disable=not progress,
               file=sys.stderr, dynamic_ncols=True) as stages:
@@ -485,8 +394,16 @@ def run_experiment(
         timings["fit codebook"] = time.perf_counter() - stage_started
         stages.update(1)
 
-        models, histories, train_seconds = _train_all(config, x_train, y_train, defense, data.num_classes,
-                                                      stages, progress)
+        def train_stage(name: str) -> None:
+            if name != networks[0]:
+                stages.update(1)
+            stages.set_description(f"train {name}")
+
+        networks = networks_to_train(config.settings, config.adversarial_warm_start)
+        trained = train_settings(config, x_train, y_train, defense, data.num_classes, progress=progress,
+                                 on_start=train_stage)
+        stages.update(1)
+        models, histories, train_seconds = trained.models, trained.histories, trained.seconds
         timings.update(train_seconds)
 
         rows: dict[str, Any] = {}

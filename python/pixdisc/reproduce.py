@@ -29,7 +29,8 @@ from .experiments import DEMO_CONFIG, QUICK_CONFIG, ExperimentConfig, attack_spe
     evaluate_setting
 from .models import load_model, save_model
 from .paper import PAPER_NUMBERS, PAPER_SOURCE
-from .train import train_setting
+from .plan import train_settings
+from .train import SETTINGS
 
 __all__ = ["TARGETS", "PAPER_NUMBERS", "PAPER_SOURCE", "reproduce"]
 
@@ -171,59 +172,38 @@ def _network(ctx: _Context, path: Path, train: Callable[[], nn.Module], meta: Ma
     return network
 
 
-def _base_networks(ctx: _Context, data: datasets.Dataset, config: ExperimentConfig
-                   ) -> tuple[nn.Module, nn.Module]:
-    """nat_pre and adv_pre: independent of the codebook, so every table shares them."""
-    key = f"base:{data.name}"
-    if key in ctx.memo:
-        return ctx.memo[key]
-    x_train, y_train, _, _ = _float_split(data, config.n_train, config.n_test)
-    folder = ctx.out / "models" / ctx.tag / data.name
-    common = {"arch": config.arch, "arch_kwargs": dict(config.arch_kwargs), "num_classes": data.num_classes,
-              "seed": config.seed, "progress": ctx.progress, "batch_size": config.batch_size,
-              "device": config.device}
-    meta = {"dataset": data.name, "n_train": int(len(x_train)), "quick": ctx.quick}
-    natural = _network(ctx, folder / "nat_pre.pt", lambda: train_setting(
-        "nat_pre", x_train, y_train, epochs=config.natural_epochs, lr=config.lr, **common),
-        {**meta, "setting": "nat_pre"})
-    adversarial = _network(ctx, folder / "adv_pre.pt", lambda: train_setting(
-        "adv_pre", x_train, y_train, epochs=config.adversarial_epochs, lr=config.adversarial_lr,
-        lr_milestones=config.adversarial_lr_milestones, eps=config.train_eps, attack_steps=config.train_steps,
-        step_size=config.train_step_size, **common), {**meta, "setting": "adv_pre"})
-    ctx.memo[key] = (natural, adversarial)
-    return natural, adversarial
+def _store(ctx: _Context, data: datasets.Dataset, codebook: Codebook | None, book_tag: str, config: ExperimentConfig
+           ) -> Callable[[str, Callable[[], Any]], tuple[nn.Module, None]]:
+    """Where the planner's networks live: nat_pre/adv_pre once per data set (every table shares them),
+    re-trained networks once per codebook; each saved as it finishes, so a rerun trains nothing twice."""
+
+    def store(name: str, train: Callable[[], Any]) -> tuple[nn.Module, None]:
+        shared = name in ("nat_pre", "adv_pre")
+        key = f"network:{data.name}:{name}" + ("" if shared else f":{book_tag}")
+        if key not in ctx.memo:
+            folder = ctx.out / "models" / ctx.tag / data.name
+            if shared:
+                x_train, _, _, _ = _float_split(data, config.n_train, config.n_test)
+                meta = {"dataset": data.name, "n_train": int(len(x_train)), "quick": ctx.quick, "setting": name}
+            else:
+                assert codebook is not None
+                folder = folder / book_tag
+                meta = {"dataset": data.name, "codebook": book_tag, "codes": codebook.codes_.tolist(),
+                        "alpha": config.alpha, "quick": ctx.quick, "setting": name}
+            ctx.memo[key] = _network(ctx, folder / f"{name}.pt", lambda: train()[0], meta)
+        return ctx.memo[key], None
+
+    return store
 
 
-def _six_settings(ctx: _Context, data: datasets.Dataset, codebook: Codebook, book_tag: str,
-                  settings: Sequence[str] = ("nat_pre", "adv_pre", "disc_nat_pre", "disc_adv_pre",
-                                             "disc_nat_re", "disc_adv_re")) -> dict[str, nn.Module]:
-    """The paper's settings for one codebook; re-trained networks are cached per codebook."""
-    config = _config(ctx, data)
-    natural, adversarial = _base_networks(ctx, data, config)
-    defense = Discretize(codebook, bpda=config.bpda, alpha=config.alpha)
-    models: dict[str, nn.Module] = {"nat_pre": natural, "adv_pre": adversarial,
-                                    "disc_nat_pre": nn.Sequential(defense, natural).eval(),
-                                    "disc_adv_pre": nn.Sequential(defense, adversarial).eval()}
+def _six_settings(ctx: _Context, data: datasets.Dataset, codebook: Codebook | None, book_tag: str,
+                  settings: Sequence[str] = SETTINGS) -> dict[str, nn.Module]:
+    """The paper's settings for one codebook, trained by the planner (pixdisc.plan) and cached on disk."""
+    config = _config(ctx, data).replace(settings=tuple(settings))
+    defense = None if codebook is None else Discretize(codebook, bpda=config.bpda, alpha=config.alpha)
     x_train, y_train, _, _ = _float_split(data, config.n_train, config.n_test)
-    folder = ctx.out / "models" / ctx.tag / data.name / book_tag
-    common = {"arch": config.arch, "arch_kwargs": dict(config.arch_kwargs), "num_classes": data.num_classes,
-              "seed": config.seed, "progress": ctx.progress, "batch_size": config.batch_size,
-              "device": config.device}
-    meta = {"dataset": data.name, "codebook": book_tag, "codes": codebook.codes_.tolist(), "alpha": config.alpha,
-            "quick": ctx.quick}
-    if "disc_nat_re" in settings:
-        net = _network(ctx, folder / "disc_nat_re.pt", lambda: train_setting(
-            "disc_nat_re", x_train, y_train, defense=defense, base=natural, epochs=config.retrain_epochs,
-            lr=config.lr / 2, **common)[1], {**meta, "setting": "disc_nat_re"})
-        models["disc_nat_re"] = nn.Sequential(defense, net).eval()
-    if "disc_adv_re" in settings:
-        net = _network(ctx, folder / "disc_adv_re.pt", lambda: train_setting(
-            "disc_adv_re", x_train, y_train, defense=defense, base=adversarial,
-            epochs=config.adversarial_retrain_epochs, lr=config.adversarial_lr / 2, eps=config.train_eps,
-            attack_steps=config.train_steps, step_size=config.train_step_size, **common)[1],
-            {**meta, "setting": "disc_adv_re"})
-        models["disc_adv_re"] = nn.Sequential(defense, net).eval()
-    return {name: models[name] for name in settings}
+    return train_settings(config, x_train, y_train, defense, data.num_classes, progress=ctx.progress,
+                          store=_store(ctx, data, codebook, book_tag, config)).models
 
 
 def _evaluate(ctx: _Context, data: datasets.Dataset, models: Mapping[str, nn.Module], book_tag: str
@@ -387,13 +367,11 @@ def _row(name: str, loaded: str, base: str, codebook: str, codes: np.ndarray | N
 def _table4(ctx: _Context) -> dict[str, Any]:
     data, message = _dataset(ctx, "mnist")
     assert data is not None  # MNIST always falls back to the embedded subset
-    config = _config(ctx, data)
     book = _density(ctx, data, 2, 0.6)
     x_all = datasets.as_float_nchw(data.x_test)
     cert = _QUICK_CERT if ctx.quick else _FULL_CERT
     n = len(x_all) if cert["n"] is None else min(cert["n"], len(x_all))
-    _, adversarial = _base_networks(ctx, data, config)
-    defended = nn.Sequential(Discretize(book, bpda=config.bpda, alpha=config.alpha), adversarial).eval()
+    defended = _six_settings(ctx, data, book, "density2", ("disc_adv_pre",))["disc_adv_pre"]
     rows = []
     eps_run = cert["eps"]
     for eps, b, unable, success, fail, s_star in PAPER_NUMBERS["table4"]:
