@@ -1,5 +1,7 @@
 """Benchmark fixtures: data sets of real sizes, built once per session."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -30,3 +32,16 @@ def codes_k300(cifar_train_images):
 
     return pixdisc.DensityCodebook(300, 16 / 255).fit(cifar_train_images[:5000]).codes_
 
+
+
+_LOAD_AT_START = os.getloadavg()
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Record what the timings ran beside: cores, native threads, and the load average before and after."""
+    import pixdisc
+
+    output_json["run"] = {"cores": os.cpu_count(), "pixdisc_threads": pixdisc.get_num_threads(),
+                          "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                          "load_before": _LOAD_AT_START[0], "load_after": os.getloadavg()[0],
+                          "command": "python -m pytest " + " ".join(config.invocation_params.args)}

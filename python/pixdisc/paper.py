@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PAPER_NUMBERS", "PAPER_SOURCE", "table_ii_settings"]
+__all__ = ["PAPER_NUMBERS", "PAPER_SOURCE", "table_ii_settings", "table_iv"]
 
 PAPER_SOURCE = (
     "Chen, Wu, Rastogi, Liang, Jha: Towards Understanding Limitations of Pixel Discretization "
@@ -167,3 +167,13 @@ def table_ii_settings(dataset: str, eps: float, k: int, r: float) -> dict[str, A
             "disc_adv_re": disc["adversarial"][2:],
         },
     }
+
+
+def table_iv() -> dict[float, dict[str, float]]:
+    """Table IV keyed by eps: b, unable, success (s_hat), fail and s_hat_* (percent), in the paper's row order.
+
+    The one reading of ``PAPER_NUMBERS["table4"]`` for tests and benchmarks, so
+    no other file transcribes the table.
+    """
+    fields = ("b", "unable", "success", "fail", "s_hat_star")
+    return {row[0]: dict(zip(fields, row[1:])) for row in PAPER_NUMBERS["table4"]}
