@@ -33,12 +33,13 @@ def _is_ours(row: dict[str, Any]) -> bool:
     return row["name"].split("[")[0].endswith("_pixdisc")
 
 
-def _target(row: dict[str, Any], ours: dict[str, Any] | None, copy: dict[str, Any] | None) -> str:
+def _target(row: dict[str, Any], ours: dict[str, Any] | None, copy: dict[str, Any] | None,
+            best_baseline: dict[str, Any] | None) -> str:
     target = row.get("extra_info", {}).get("target")
     if not target:
         return ""
     median = row["stats"]["median"]
-    if "speedup_at_least" in target and ours is not None:
+    if "speedup_at_least" in target and ours is not None and row is best_baseline:
         want = target["speedup_at_least"]
         got = median / ours["stats"]["median"]
         return f">= {want:g}x: {'met' if got >= want else 'not met'}"
@@ -75,6 +76,9 @@ def render(data: dict[str, Any]) -> str:
     for group, rows in groups.items():
         ours = next((r for r in rows if _is_ours(r)), None)
         copy = next((r for r in rows if r.get("extra_info", {}).get("role") == "bandwidth"), None)
+        # A speed-up target holds against the best plain alternative: judged on the fastest row carrying it.
+        best_baseline = min((r for r in rows if "speedup_at_least" in r.get("extra_info", {}).get("target", {})),
+                            key=lambda r: r["stats"]["median"], default=None)
         colours = next((r["extra_info"]["distinct_colours"] for r in rows
                         if "distinct_colours" in r.get("extra_info", {})), None)
         title = group + (f" ({colours / 1e6:.1f}M distinct colours)" if colours else "")
@@ -84,7 +88,7 @@ def render(data: dict[str, Any]) -> str:
             ratio = _ratio(median / ours["stats"]["median"]) if ours else ""
             implementation = row.get("extra_info", {}).get("implementation", row["name"])
             lines.append(f"| {title if i == 0 else ''} | {implementation} | {_seconds(median)} | {ratio} | "
-                         f"{_target(row, ours, copy)} |")
+                         f"{_target(row, ours, copy, best_baseline)} |")
     return "\n".join(lines) + "\n"
 
 
