@@ -2,7 +2,7 @@
 
     python benchmarks/interval_certified.py --models certify-mnist --out benchmarks/interval_certified
 
-Trains (or loads, from the folder `benchmarks/certify_mnist.py` writes) the
+Trains (or loads, from the models folder `benchmarks/certify_mnist.py --models` writes) the
 CertCNN behind the k=2 density codes with the issue-4 recipe (certified
 training, eps_train 0.4, 80 epochs), then on the 1,000 MNIST-5k test images
 and each eps runs `robustness_interval`: the default attack suite (S(x)
@@ -22,18 +22,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-import pixdisc
-from pixdisc.certification import Budget
-from pixdisc.datasets import as_float_nchw, load_mnist5k
-from pixdisc.evaluation import robustness_interval
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from certify_mnist import train_or_load  # noqa: E402  (same recipe and model files)
 
 
 def run(models: Path, out: Path, eps_list: list[float], exact_seconds: float, n: int) -> dict[str, Any]:
+    # Imported here so that rendering (benchmarks/readme_tables.py) needs the JSON only.
+    import torch
+
+    import pixdisc
+    from pixdisc.certification import Budget
+    from pixdisc.datasets import as_float_nchw, load_mnist5k
+    from pixdisc.evaluation import robustness_interval
+
     path = out.with_suffix(".json")
     data = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     data["command"] = (f"python benchmarks/interval_certified.py --models {models} --out {out} "
@@ -65,6 +66,7 @@ def run(models: Path, out: Path, eps_list: list[float], exact_seconds: float, n:
         print(json.dumps(data["runs"][key]), flush=True)
         path.write_text(json.dumps(data, indent=2) + "\n")
     data["torch_threads"] = torch.get_num_threads()
+    data["cores"] = os.cpu_count()
     path.write_text(json.dumps(data, indent=2) + "\n")
     return data
 
@@ -72,7 +74,7 @@ def run(models: Path, out: Path, eps_list: list[float], exact_seconds: float, n:
 def render(data: dict[str, Any]) -> str:
     lines = ["# Floor and ceiling on a certified-trained model (MNIST-5k, CertCNN behind codes {0, 253}/255)", "",
              f"Command: `{data['command']}`", "",
-             f"{os.cpu_count()} cores, torch threads {data.get('torch_threads', '?')}; load average before each eps: "
+             f"{data.get('cores', os.cpu_count())} cores, torch threads {data.get('torch_threads', '?')}; load average before each eps: "
              + ", ".join(f"{key}: {run['load_before']:.1f}" for key, run in data["runs"].items())
              + (f" ({data['note']})" if data.get("note") else "") + ".", "",
              "| eps | clean | certified (floor) | robust under attack (ceiling) | undecided | exact? | "

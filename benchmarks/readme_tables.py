@@ -1,22 +1,32 @@
-"""Write the README's measured tables from the result files, between their markers, so no number is typed.
+"""Write the README's measured tables from the result JSONs, between their markers, so no number is typed.
 
-    python benchmarks/readme_tables.py            # after the runs named below
+    python benchmarks/readme_tables.py            # after the runs named below; needs no data, only the JSONs
 
+It first re-renders each `benchmarks/*.md` from its JSON (so the Markdown
+files and the README cannot drift from the data), then fills:
+
+- `<!-- core-benchmarks -->`: `benchmarks/core.json` (`python -m pytest benchmarks/test_bench_core.py
+  --benchmark-only --benchmark-json=benchmarks/core.json`), rendered by benchmarks/report.py;
+- `<!-- certify-mnist -->`: `benchmarks/certify_mnist.json` (benchmarks/certify_mnist.py);
 - `<!-- demo-table -->`: `benchmarks/demo/results.json`, written by `pixdisc demo` (the report
   folder's results.json/md and PNGs copied there; table, wall time, machine load);
-- `<!-- attack-strength -->`: `benchmarks/attack_strength.md` (benchmarks/attack_strength.py);
-- `<!-- interval-certified -->`: `benchmarks/interval_certified.md` (benchmarks/interval_certified.py).
+- `<!-- attack-strength -->`: `benchmarks/attack_strength.json` (benchmarks/attack_strength.py);
+- `<!-- interval-certified -->`: `benchmarks/interval_certified.json` (benchmarks/interval_certified.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
+from typing import Callable
 
 from pixdisc.report import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
 
 
 def _demo_block() -> str:
@@ -33,17 +43,42 @@ def _demo_block() -> str:
     return "\n".join(lines)
 
 
-def _file_block(name: str) -> str:
-    text = (ROOT / "benchmarks" / name).read_text().strip()
-    # Drop the file's own title: the README section has one.
-    return "\n".join(line for line in text.splitlines() if not line.startswith("# "))
+def _rendered(stem: str, render: Callable[[dict], str], title: str = "") -> str:
+    """Render benchmarks/STEM.md from benchmarks/STEM.json; the README block is the file without its title."""
+    text = render(json.loads((BENCH / f"{stem}.json").read_text()))
+    (BENCH / f"{stem}.md").write_text((f"# {title}\n\n" if title else "") + text)
+    return "\n".join(line for line in text.strip().splitlines() if not line.startswith("# "))
+
+
+def _core_block() -> str:
+    import report
+
+    return _rendered("core", report.render, "Native core against the best plain alternatives")
+
+
+def _certify_block() -> str:
+    import certify_mnist
+
+    return _rendered("certify_mnist", certify_mnist.render)
+
+
+def _attack_block() -> str:
+    import attack_strength
+
+    return _rendered("attack_strength", attack_strength.render)
+
+
+def _interval_block() -> str:
+    import interval_certified
+
+    return _rendered("interval_certified", interval_certified.render)
 
 
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    blocks = {"demo-table": _demo_block, "attack-strength": lambda: _file_block("attack_strength.md"),
-              "interval-certified": lambda: _file_block("interval_certified.md")}
+    blocks = {"core-benchmarks": _core_block, "certify-mnist": _certify_block, "demo-table": _demo_block,
+              "attack-strength": _attack_block, "interval-certified": _interval_block}
     for marker, make in blocks.items():
         pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
         if not pattern.search(text):
