@@ -280,3 +280,16 @@ def write_report(result: Mapping[str, Any], out_dir: str | os.PathLike[str],
         if curve_path is not None:
             paths["eps_curve_png"] = str(curve_path)
     return paths
+
+
+def certify_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table of certification summaries (``CertifyResult.summary()``), one row per eps, as the
+    paper's Table IV: Unable / Success / Fail rates and the lower bounds on the certified fraction."""
+    lines = ["| eps | b | Unable | Success (s_hat) | Fail | Hoeffding LB | Clopper-Pearson LB | paper formula | seconds |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['eps']:.3f} | {r['b']:g} | {100 * r['unable_rate']:.2f}% | {100 * r['certified_rate']:.2f}% | "
+                     f"{100 * r['failed_rate']:.2f}% | {100 * r['lower_hoeffding']:.2f}% | "
+                     f"{100 * r['lower_clopper_pearson']:.2f}% | {100 * r['lower_paper_formula']:.2f}% | "
+                     f"{r['wall_seconds']:.1f} |")
+    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""What the subcommands share: errors and exit codes, loading user files and data, reporting."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+
+# Exit codes: 0 success, 1 a data/input problem (message on stderr), 2 bad usage
+# (argparse), 130 interrupted (Ctrl-C, the shell's 128 + SIGINT).
+EXIT_OK, EXIT_INPUT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+# torch is imported inside the helpers so that `pixdisc codes` works without it.
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    # Bars go to stderr; they are off for --quiet, and for --json so that a
+    # pipeline sees nothing but the report.
+    return not (getattr(args, "quiet", False) or getattr(args, "json", False))
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def dataset_key(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def load_codebook_file(path: Path):
+    import zipfile
+
+    from .. import load_codebook
+
+    if path.suffix == ".npz" and path.is_file():
+        # Check the archive first: np.load leaks its file handle on a truncated .npz.
+        try:
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise CommandError(f"{path} is not a valid pixdisc codebook (not a complete .npz archive: "
+                               f"{first_line(exc)})") from None
+        if damaged is not None:
+            raise CommandError(f"{path} is not a valid pixdisc codebook (damaged member {damaged})")
+    try:
+        return load_codebook(path)
+    except FileNotFoundError as exc:
+        raise CommandError(f"codebook file not found: {path} (make one with `pixdisc codes ... -o {path}`)") from exc
+    except ValueError as exc:
+        raise CommandError(first_line(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - e.g. zipfile.BadZipFile from a truncated .npz
+        raise CommandError(f"{path} is not a valid pixdisc codebook ({first_line(exc)})") from exc
+
+
+def load_model_file(path: Path, device: Optional[str]) -> Tuple[Any, Dict[str, Any]]:
+    from ..models import load_model
+
+    try:
+        model, meta = load_model(path, map_location=device or "cpu", return_meta=True)
+    except FileNotFoundError as exc:
+        raise CommandError(f"model file not found: {path} (train one with `pixdisc train -o {path}`)") from exc
+    except ValueError as exc:
+        raise CommandError(first_line(exc)) from exc
+    return model, meta if isinstance(meta, dict) else {}
+
+
+def load_split(dataset: str, data_dir: Optional[Path], split: str, limit: Optional[int]):
+    """(x, y, dataset) of one split as float NCHW / int64 tensors; ``limit`` keeps a prefix (the splits are shuffled)."""
+    import torch
+
+    from .. import datasets
+
+    if limit is not None and limit < 1:
+        raise CommandError(f"--limit must be >= 1, got {limit}")
+    data = datasets.load_dataset(dataset, data_dir)
+    images, labels = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    if len(images) == 0:
+        raise CommandError(f"{dataset}: the {split} split is empty")
+    return torch.from_numpy(datasets.as_float_nchw(images)), torch.from_numpy(labels), data
+
+
+def check_model_fits(model: Any, x: Any, num_classes: int, what: str) -> None:
+    """Run the model on one image so that a shape mismatch is a message, not a traceback from inside torch."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            logits = model.eval()(x[:1].to(next(iter(model.parameters())).device))
+    except (RuntimeError, ValueError) as exc:
+        raise CommandError(f"{what} does not accept images of shape {tuple(x.shape[1:])} "
+                           f"({first_line(exc)})") from None
+    if logits.ndim != 2 or logits.shape[1] < num_classes:
+        raise CommandError(f"{what} returns {tuple(logits.shape[1:])} outputs per image, but the data set "
+                           f"has {num_classes} classes")
+
+
+def defense_from_meta(meta: Dict[str, Any]):
+    from ..codebook import Codebook
+
+    spec = meta.get("defense")
+    if not isinstance(spec, dict) or "codes" not in spec:
+        return None
+    try:
+        return Codebook(np.asarray(spec["codes"], dtype=np.float32), metric=spec.get("metric", "linf"))
+    except (TypeError, ValueError) as exc:
+        raise CommandError(f"the model file's recorded defense is damaged: {first_line(exc)}") from exc
+
+
+def attack_budget(dataset: str, eps: Optional[float], steps: Optional[int],
+                   step_size: Optional[float]) -> Tuple[float, int, float]:
+    from ..attacks import PAPER_BUDGETS
+    from ..experiments import DATASET_DEFAULTS
+
+    defaults = DATASET_DEFAULTS.get(dataset_key(dataset))
+    budget = PAPER_BUDGETS[defaults["budget"]] if defaults else None
+    if budget is None and None in (eps, steps, step_size):
+        raise CommandError(f"no paper budget for data set {dataset!r}: pass --eps, --steps and --step-size")
+    eps = float(budget["eps"]) if eps is None else eps
+    steps = int(budget["steps"]) if steps is None else steps
+    step_size = float(budget["step_size"]) if step_size is None else step_size
+    if eps < 0 or steps < 0 or step_size < 0:
+        raise CommandError("--eps, --steps and --step-size must be >= 0")
+    return eps, steps, step_size
+
+
+def parse_attacks(text: str) -> List[str]:
+    from ..attacks import SUITE
+
+    names = [name.strip().replace("-", "_").lower() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SUITE]
+    if unknown or not names:
+        raise CommandError(f"--attacks takes a comma-separated list of {', '.join(SUITE)}; got {text!r}")
+    return names
+
+
+def percent(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def emit(args: argparse.Namespace, report: Dict[str, Any], text: List[str]) -> None:
+    if args.json:
+        print(json.dumps(report, allow_nan=False, default=str))
+    else:
+        print("\n".join(text))
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="mnist5k", help="data set name (default: mnist5k, the embedded MNIST subset)")
+    p.add_argument("--data-dir", type=Path, help="where the data set's files are")
+
+
+def add_report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print a JSON report instead of text (no progress bars)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def torch_from(array: Any) -> Any:
+    import torch
+
+    return torch.from_numpy(array)

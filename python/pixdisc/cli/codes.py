@@ -1,0 +1,101 @@
+"""`pixdisc codes`: fit a codebook, write it, print the codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ._common import CommandError, EXIT_OK
+
+
+def _load_pixels(args: argparse.Namespace) -> np.ndarray:
+    if args.npy is not None:
+        try:
+            return np.load(args.npy, allow_pickle=False)
+        except FileNotFoundError as exc:
+            raise CommandError(f"no such file: {args.npy}") from exc
+        except ValueError as exc:
+            raise CommandError(f"{args.npy} is not a plain .npy array: {exc}") from exc
+    from .. import datasets
+
+    data = datasets.load_dataset(args.dataset, args.data_dir)
+    if args.split == "train":
+        return data.x_train
+    if args.split == "test":
+        return data.x_test
+    return np.concatenate([data.x_train, data.x_test])
+
+
+
+def _make_codebook(args: argparse.Namespace):
+    import pixdisc
+
+    if args.method == "density":
+        if args.r is None:
+            raise CommandError("--method density needs -r/--radius")
+        return pixdisc.DensityCodebook(args.k, args.r, metric=args.metric or "linf", kernel=args.kernel,
+                                       bandwidth=args.bandwidth)
+    if args.method == "kmedoids":
+        return pixdisc.KMedoidsCodebook(args.k, metric=args.metric or "l1", random_state=args.seed)
+    if args.method == "kmeans":
+        return pixdisc.KMeansCodebook(args.k, random_state=args.seed, metric=args.metric or "linf")
+    return pixdisc.UniformCodebook(args.k, metric=args.metric or "l2")
+
+
+
+def cmd_codes(args: argparse.Namespace) -> int:
+    """Fit a codebook, write it, print the codes."""
+    x = _load_pixels(args)
+    book = _make_codebook(args)
+    book.fit(x, channel_axis=args.channel_axis)
+    path = book.save(args.output)
+    codes = book.codes_
+    report = {
+        "method": args.method,
+        "params": book.get_params(),
+        "n_codes": int(codes.shape[0]),
+        "channels": int(codes.shape[1]),
+        "codes": codes.tolist(),
+        "codes_255": np.rint(codes * 255).astype(int).tolist(),
+        "stopped_early": bool(getattr(book, "stopped_early_", False)),
+        "output": str(path),
+    }
+    if args.json:
+        print(json.dumps(report))
+        return EXIT_OK
+    print(f"{report['n_codes']} codes ({report['channels']} channel(s)) from {args.method}, written to {path}")
+    if report["stopped_early"]:
+        print(f"note: stopped early: no pixel was left after {report['n_codes']} of k={args.k} codes")
+    for i, (c, c255) in enumerate(zip(codes, report["codes_255"])):
+        print(f"  {i:4d}  " + "  ".join(f"{v:.4f}" for v in c) + "   (" + ", ".join(str(v) for v in c255) + ")/255")
+    return EXIT_OK
+
+
+def add_codes(sub: argparse._SubParsersAction) -> None:
+    from ..codebook import KERNELS, METRICS
+
+    p = sub.add_parser("codes", help="fit a codebook from a data set or an .npy file",
+                       description="Fit a codebook of pixel values, write it as .npz and print the codes.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--dataset", default="mnist5k",
+                     help="data set name (default: mnist5k, the embedded MNIST subset)")
+    src.add_argument("--npy", type=Path, help="fit on the pixels of this .npy array instead")
+    p.add_argument("--data-dir", type=Path, help="where the data set's files are")
+    p.add_argument("--split", choices=("train", "test", "all"), default="train")
+    p.add_argument("--method", choices=("density", "kmedoids", "kmeans", "uniform"), default="density")
+    p.add_argument("-k", type=int, default=2, help="number of codes (levels per channel for uniform)")
+    p.add_argument("-r", "--radius", dest="r", type=float, default=None,
+                   help="removal radius of Algorithm 1 (pixel scale [0,1]); required for density")
+    p.add_argument("--metric", choices=METRICS, default=None,
+                   help="default: linf (density, kmeans), l1 (kmedoids), l2 (uniform)")
+    p.add_argument("--kernel", choices=KERNELS, default="identity")
+    p.add_argument("--bandwidth", type=float, default=None, help="h for box, sigma for gaussian")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--channel-axis", type=int, default=None,
+                   help="channel axis of the data (default: last; data sets are NHWC)")
+    p.add_argument("-o", "--output", type=Path, default=Path("codes.npz"))
+    p.add_argument("--json", action="store_true", help="print a JSON report instead of text")
+    p.set_defaults(func=cmd_codes)

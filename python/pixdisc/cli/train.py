@@ -1,0 +1,179 @@
+"""`pixdisc train`: one model for a setting, or bound-based (certified) training."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ._common import CommandError, EXIT_OK, add_data_options, add_report_options, check_model_fits, emit, load_codebook_file, load_model_file, load_split, percent, progress_enabled, torch_from
+
+
+def _resolve_setting(args: argparse.Namespace) -> str:
+    if args.setting is not None:
+        return args.setting
+    mode = args.mode or "natural"
+    prefix = "nat" if mode == "natural" else "adv"
+    # A codebook with --mode means training on discretized images (the paper's "re-trained").
+    return f"disc_{prefix}_re" if args.codebook is not None else f"{prefix}_pre"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one model for a setting (or mode) and write it with save_model."""
+    from .. import __version__
+    from ..discretize import Discretize
+    from ..models import predict, save_model
+    from ..plan import adversarial_recipe
+    from ..train import train_setting
+
+    if args.mode == "certified":
+        return _train_certified(args)
+    setting = _resolve_setting(args)
+    defended = setting.startswith("disc_")
+    if defended and args.codebook is None:
+        raise CommandError(f"setting {setting} needs --codebook FILE (make one with `pixdisc codes`)")
+    if not defended and args.codebook is not None:
+        raise CommandError(f"setting {setting} has no defense; drop --codebook or pick a disc_* setting")
+    if args.epochs < 0:
+        raise CommandError(f"--epochs must be >= 0, got {args.epochs}")
+    if args.base is not None and not defended:
+        raise CommandError(f"{setting} trains a network from scratch; --base is for the disc_* settings "
+                           "(disc_*_pre reuse it as is, disc_*_re start from it)")
+    x_train, y_train, data = load_split(args.dataset, args.data_dir, "train", args.limit)
+    x_test, y_test, _ = load_split(args.dataset, args.data_dir, "test", args.test_limit)
+    codebook = defense = None
+    if defended:
+        codebook = load_codebook_file(args.codebook)
+        if codebook.n_channels != x_train.shape[1]:
+            raise CommandError(f"{args.codebook} has {codebook.n_channels}-channel codes but {data.name} images have "
+                               f"{x_train.shape[1]} channel(s)")
+        defense = Discretize(codebook, bpda=args.bpda, alpha=args.alpha)
+    base = None
+    if args.base is not None:
+        base, _ = load_model_file(args.base, args.device)
+        check_model_fits(base, x_train, data.num_classes, str(args.base))
+    args.arch = args.arch or "small_cnn"
+    recipe = adversarial_recipe(args.dataset)
+    adversarial = {
+        "eps": recipe["eps"] if args.eps is None else args.eps,
+        "attack_steps": recipe["attack_steps"] if args.steps is None else args.steps,
+        "step_size": recipe["step_size"] if args.step_size is None else args.step_size,
+    }
+    started = time.perf_counter()
+    model, history = train_setting(
+        setting, x_train, y_train, defense=defense, arch=args.arch, num_classes=data.num_classes, base=base,
+        epochs=args.epochs, seed=args.seed, return_history=True, batch_size=args.batch_size, lr=args.lr,
+        progress=progress_enabled(args), device=args.device, checkpoint_path=args.checkpoint, **adversarial,
+    )
+    seconds = time.perf_counter() - started
+    test_accuracy = float((predict(model, x_test) == y_test).float().mean())
+    network = model[1] if defended else model
+    arch = getattr(network, "_pixdisc_arch", {}).get("name", args.arch)  # a --base brings its own
+    meta = {
+        "setting": setting,
+        "dataset": data.name,
+        "input_shape": [int(side) for side in x_train.shape[1:]],
+        "num_classes": int(data.num_classes),
+        "defense": None if codebook is None else {
+            "codebook": str(args.codebook), "codes": codebook.codes_.tolist(), "metric": codebook.metric,
+            "alpha": args.alpha, "bpda": args.bpda,
+        },
+        "training": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                     "n_train": int(len(x_train)), **({"adversarial": adversarial} if "_adv_" in f"_{setting}_"
+                                                      else {})},
+        "history": history,
+        "test_accuracy": test_accuracy,
+        "pixdisc": __version__,
+    }
+    save_model(network, args.output, meta=meta)
+    report = {"setting": setting, "arch": arch, "dataset": data.name, "n_train": int(len(x_train)),
+              "n_test": int(len(x_test)), "epochs": args.epochs, "seconds": seconds,
+              "train_accuracy": history["accuracy"][-1] if history["accuracy"] else None,
+              "test_accuracy": test_accuracy, "output": str(args.output), "history": history}
+    reused = args.base is not None and setting.endswith("_pre")
+    text = [f"{setting}: {args.base} behind the defense, not retrained" if reused else
+            f"trained {setting} ({arch}) on {data.name}: {len(x_train)} images, {args.epochs} epoch(s), "
+            f"{seconds:.1f} s",
+            f"clean test accuracy {percent(test_accuracy)} on {len(x_test)} images"
+            + (" (behind the defense)" if defended else ""),
+            f"model written to {args.output}"]
+    emit(args, report, text)
+    return EXIT_OK
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    from ..train import SETTINGS
+
+    p = sub.add_parser("train", help="train a model for one of the paper's settings",
+                       description="Train a network naturally or adversarially (Madry PGD), on raw or discretized "
+                                   "images, and write it as a model file.")
+    add_data_options(p)
+    p.add_argument("--arch", default=None, choices=("small_cnn", "cert_cnn", "madry_mnist", "mlp", "cifar_resnet"),
+                   help="default: small_cnn (cert_cnn for --mode certified)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--setting", choices=SETTINGS, help="one of the paper's six settings")
+    how.add_argument("--mode", choices=("natural", "adversarial", "certified"),
+                     help="natural (default) or adversarial; with --codebook the network learns on discretized "
+                          "images (disc_*_re). certified: bound-based training so that `pixdisc certify` succeeds "
+                          "(with --codebook: over the box hull of S(x); without: plain IBP on the eps-box)")
+    p.add_argument("--codebook", type=Path, help="codebook file (.npz/.npy) for the disc_* settings")
+    p.add_argument("--alpha", type=float, default=10.0, help="BPDA sharpness (pixel scale [0,1]; default 10)")
+    p.add_argument("--bpda", choices=("soft", "identity"), default="soft")
+    p.add_argument("--base", type=Path, help="model file to start from (the pre-trained network of *_re settings)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--eps", type=float, default=None, help="adversarial training eps (default: the paper's)")
+    p.add_argument("--steps", type=int, default=None, help="PGD steps in adversarial training (default: the paper's)")
+    p.add_argument("--step-size", type=float, default=None, help="PGD step size (default: the paper's)")
+    p.add_argument("--limit", type=int, default=None, help="train on the first N training images")
+    p.add_argument("--test-limit", type=int, default=None, help="report accuracy on the first N test images")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="write a checkpoint after every epoch and resume from it if it exists")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("-o", "--output", type=Path, default=Path("model.pt"))
+    add_report_options(p)
+    p.set_defaults(func=cmd_train)
+
+
+
+def _train_certified(args: argparse.Namespace) -> int:
+    """`pixdisc train --mode certified`: bound-based training for the certificate."""
+    from .. import __version__
+    from ..models import build_model, predict, save_model
+    from ..plan import certified_recipe
+    from ..train import train_certified
+
+    if args.eps is None:
+        raise CommandError("--mode certified needs --eps, the budget the certificate should hold for")
+    x_train, y_train, data = load_split(args.dataset, args.data_dir, "train", args.limit)
+    x_test, y_test, _ = load_split(args.dataset, args.data_dir, "test", args.test_limit)
+    codebook = load_codebook_file(args.codebook) if args.codebook is not None else None
+    arch = args.arch or "cert_cnn"
+    kwargs = {} if arch == "cifar_resnet" else {"input_size": list(x_train.shape[2:])}
+    net = build_model(arch, in_channels=int(x_train.shape[1]), num_classes=data.num_classes, **kwargs)
+    started = time.perf_counter()
+    net, history = train_certified(net, x_train, y_train, codebook, eps=args.eps, epochs=args.epochs,
+                                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=progress_enabled(args),
+                                   device=args.device, checkpoint_path=args.checkpoint,
+                                   **certified_recipe(args.epochs))
+    seconds = time.perf_counter() - started
+    x_eval = x_test if codebook is None else torch_from(codebook.transform(x_test.numpy(), channel_axis=1))
+    test_accuracy = float((predict(net, x_eval) == y_test).float().mean())
+    meta = {"setting": "certified", "dataset": data.name, "input_shape": [int(v) for v in x_train.shape[1:]],
+            "num_classes": int(data.num_classes), "eps_train": args.eps,
+            "defense": None if codebook is None else {"codebook": str(args.codebook), "codes": codebook.codes_.tolist(),
+                                                      "metric": codebook.metric},
+            "training": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed},
+            "history": history, "test_accuracy": test_accuracy, "pixdisc": __version__}
+    save_model(net, args.output, meta=meta)
+    report = {"setting": "certified", "arch": arch, "dataset": data.name, "eps": args.eps, "seconds": seconds,
+              "test_accuracy": test_accuracy, "train_verified": history["verified"][-1] if history["verified"] else None,
+              "output": str(args.output), "history": history}
+    emit(args, report, [f"certified training ({arch}, eps={args.eps}) on {data.name}: {seconds:.1f} s, "
+                         f"clean test accuracy {percent(test_accuracy)}"
+                         + (" on discretized images" if codebook is not None else ""),
+                         f"model written to {args.output}; check it with `pixdisc certify --model {args.output} "
+                         f"--codes CODES --eps {args.eps}`"])
+    return EXIT_OK
