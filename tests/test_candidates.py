@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pixdisc
-from pixdisc import _backend
+from pixdisc import _native
 from pixdisc.candidates import candidate_counts, candidate_sets, log2_set_size
 
 import reference as ref
@@ -342,7 +342,7 @@ def test_enumeration_matches_itertools_product():
     offsets = np.concatenate([[0], np.cumsum(np.diff(sets.offsets)[ambiguous])]).astype(np.int64)
     members = np.concatenate([sets.of(p) for p in ambiguous]).astype(np.int32)
     total = int(np.prod(np.diff(offsets)))
-    out = _backend._core.enumerate_candidates(base, ambiguous.astype(np.int64), 1, offsets, members, codes, 0, total)
+    out = _native.enumerate_candidates(base, ambiguous.astype(np.int64), 1, offsets, members, codes, 0, total)
     choices = [codes[sets.of(p), 0] for p in ambiguous]
     expect = []
     for combo in itertools.product(*reversed(choices)):  # digit 0 varies fastest
@@ -352,7 +352,7 @@ def test_enumeration_matches_itertools_product():
     np.testing.assert_array_equal(out, np.array(expect))
     np.testing.assert_array_equal(out[0], base)  # rank 0 is T(x)
     with pytest.raises(ValueError, match="exceeds"):
-        _backend._core.enumerate_candidates(base, ambiguous.astype(np.int64), 1, offsets, members, codes, 1, total)
+        _native.enumerate_candidates(base, ambiguous.astype(np.int64), 1, offsets, members, codes, 1, total)
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pixdisc
-from pixdisc import _backend
+from pixdisc import _native
 
 import reference as ref
 
@@ -60,7 +60,7 @@ def test_density_identity_order_with_large_and_tied_counts(rng):
     values = np.sort(rng.choice(1 << 16, size=n, replace=False)).astype(np.float32) / np.float32(1 << 16)
     weights = rng.choice(np.array([0, 1, 2047, 2048, 70_000, 1 << 22, (1 << 41) + 5], np.int64), size=n)
     weights[::7] = rng.integers(0, 1 << 30, size=weights[::7].size)
-    res = _backend._core.density_codebook(values[:, None], weights, n, 0.0, 0, 0, 0.0)
+    res = _native.density_codebook(values[:, None], weights, n, 0.0, 0, 0, 0.0)
     expect = np.lexsort((np.arange(n), -weights))
     np.testing.assert_array_equal(res["code_indices"], expect)
     np.testing.assert_array_equal(res["codes"].ravel(), values[expect])
@@ -141,9 +141,9 @@ def test_kmeans_pruned_lloyd_equals_brute_force(rng):
     Lloyd iterations from the same k-means++ start (no exact ties in random floats)."""
     values = np.unique(rng.random((40_000, 3), dtype=np.float32), axis=0)
     weights = rng.integers(1, 50, size=len(values)).astype(np.int64)
-    start = _backend._core.kmeans_codebook(values, weights, 16, 7, 0, 0.0)["codes"]  # 0 iterations: the start
+    start = _native.kmeans_codebook(values, weights, 16, 7, 0, 0.0)["codes"]  # 0 iterations: the start
     for iterations in (1, 4, 12):
-        got = _backend._core.kmeans_codebook(values, weights, 16, 7, iterations, 0.0)["codes"]
+        got = _native.kmeans_codebook(values, weights, 16, 7, iterations, 0.0)["codes"]
         expect = _lloyd(values, weights, start, iterations).astype(np.float32)
         expect = expect[np.lexsort(expect.T[::-1])]
         np.testing.assert_allclose(got, expect, rtol=0, atol=2e-7)
@@ -154,10 +154,10 @@ def test_clustering_does_not_depend_on_the_thread_count(rng, method):
     """Sums run over fixed blocks (several here) combined in block order: same bits at any thread count."""
     if method == "kmeans":
         values = np.unique(rng.random((60_000, 3), dtype=np.float32), axis=0)
-        run = lambda w: _backend._core.kmeans_codebook(values, w, 24, 3, 30, 0.0)  # noqa: E731
+        run = lambda w: _native.kmeans_codebook(values, w, 24, 3, 30, 0.0)  # noqa: E731
     else:  # 8-bit-like data: many exactly tied swap gains
         values = np.unique(rng.integers(0, 22, size=(40_000, 3)).astype(np.float32) / np.float32(21), axis=0)
-        run = lambda w: _backend._core.kmedoids_codebook(values, w, 4, 1, 3, 1)  # noqa: E731
+        run = lambda w: _native.kmedoids_codebook(values, w, 4, 1, 3, 1)  # noqa: E731
     weights = rng.integers(1, 9, size=len(values)).astype(np.int64)
     before = pixdisc.get_num_threads()
     try:

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pixdisc
-from pixdisc import _backend
+from pixdisc import _native
 
 import reference as ref
 
@@ -38,7 +38,7 @@ def test_histogram_matches_numpy_unique(rng, channels, kind):
 
 
 def _hist(x):
-    values, counts, _ = _backend._core.histogram(np.ascontiguousarray(x).reshape(-1), x.shape[0], x.shape[1], 1)
+    values, counts, _ = _native.histogram(np.ascontiguousarray(x).reshape(-1), x.shape[0], x.shape[1], 1)
     return values, counts
 
 
@@ -66,7 +66,7 @@ def test_rgb_histogram_partition_edge_cases(rng, threads, layout):
     expect_values = np.stack([(expect_keys >> s) & 255 for s in (16, 8, 0)], axis=1) / np.float32(255)
 
     images = pixels.reshape(-1, 16, 3)  # 16-pixel "images"
-    previous = _backend._core.get_num_threads()
+    previous = _native.get_num_threads()
     pixdisc.set_num_threads(threads)
     try:
         if layout == "nhwc":
@@ -97,7 +97,7 @@ def test_float_grid_detection_is_exact(rng, channels):
     and the half-way points between levels do not (they take the exact sort path)."""
     grid = np.arange(256, dtype=np.float32) / np.float32(255)
     on_grid = rng.choice(grid, size=(600_000, channels))
-    values, counts, flag = _backend._core.histogram(on_grid.reshape(-1), on_grid.shape[0], channels, 1)
+    values, counts, flag = _native.histogram(on_grid.reshape(-1), on_grid.shape[0], channels, 1)
     assert flag
     expect_values, expect_counts = ref.histogram(on_grid)
     np.testing.assert_array_equal(values, expect_values)
@@ -107,7 +107,7 @@ def test_float_grid_detection_is_exact(rng, channels):
                 np.float32((level + 0.5) / 255)):
         x = on_grid.copy()
         x[599_999, channels - 1] = off
-        values, counts, flag = _backend._core.histogram(x.reshape(-1), x.shape[0], channels, 1)
+        values, counts, flag = _native.histogram(x.reshape(-1), x.shape[0], channels, 1)
         assert not flag
         expect_values, expect_counts = ref.histogram(x)
         np.testing.assert_array_equal(values, expect_values)
@@ -116,8 +116,8 @@ def test_float_grid_detection_is_exact(rng, channels):
 
 def test_histogram_gray_u8_matches_bincount(rng):
     x = rng.integers(0, 256, size=100_003, dtype=np.uint8)
-    np.testing.assert_array_equal(_backend._core.histogram_gray_u8(x), np.bincount(x, minlength=256))
-    assert _backend._core.histogram_gray_u8(np.zeros(0, np.uint8)).sum() == 0
+    np.testing.assert_array_equal(_native.histogram_gray_u8(x), np.bincount(x, minlength=256))
+    assert _native.histogram_gray_u8(np.zeros(0, np.uint8)).sum() == 0
 
 
 def test_histogram_layouts_agree(rng):
@@ -251,7 +251,7 @@ def test_wrong_dtype_and_channels_raise():
 
 
 def test_native_binding_refuses_silent_conversion():
-    index = _backend._core.NearestIndex(np.zeros((2, 1), np.float32), 0)
+    index = _native.NearestIndex(np.zeros((2, 1), np.float32), 0)
     with pytest.raises(ValueError, match="C-contiguous float32.*float64"):
         index.assign(np.zeros(4, np.float64), 4, 1, 1)
     with pytest.raises(ValueError, match="does not match"):

@@ -316,6 +316,46 @@ PYBIND11_MODULE(_core, m) {
       "A batch of candidate images z in S(x) for ranks [rank_start, rank_start + count).");
 
   m.def(
+      "mixed_radix_strides",
+      [](const py::array& offsets) {
+        auto off = require<int64_t>(offsets, "offsets");
+        if (off.ndim() != 1 || off.shape(0) < 1)
+          throw py::value_error("offsets must be int64 (n + 1,), got " + describe(offsets));
+        const auto n = off.shape(0) - 1;
+        py::array_t<uint64_t> strides(n);
+        uint64_t* dst = strides.mutable_data();
+        uint64_t total = 0;
+        {
+          py::gil_scoped_release release;
+          total = pixdisc::mixed_radix_strides(off.data(), static_cast<int>(n), dst);
+        }
+        return py::make_tuple(strides, total);
+      },
+      "offsets"_a,
+      "Place values of the mixed radix whose radices are the set sizes diff(offsets) (least significant "
+      "first), and |S| = their product: (uint64 (n,), int). Raises when |S| exceeds 2^64.");
+
+  m.def(
+      "mixed_radix_digits",
+      [](const py::array& offsets, uint64_t rank) {
+        auto off = require<int64_t>(offsets, "offsets");
+        if (off.ndim() != 1 || off.shape(0) < 1)
+          throw py::value_error("offsets must be int64 (n + 1,), got " + describe(offsets));
+        const auto n = off.shape(0) - 1;
+        std::vector<uint64_t> strides(n);
+        const uint64_t total = pixdisc::mixed_radix_strides(off.data(), static_cast<int>(n), strides.data());
+        if (rank >= total) throw py::value_error("rank " + std::to_string(rank) + " is not below |S| = " + std::to_string(total));
+        py::array_t<int32_t> digits(n);
+        int32_t* dst = digits.mutable_data();
+        for (py::ssize_t j = 0; j < n; ++j)
+          dst[j] = pixdisc::mixed_radix_digit(rank, strides[j], static_cast<int32_t>(off.data()[j + 1] - off.data()[j]));
+        return digits;
+      },
+      "offsets"_a, "rank"_a,
+      "Digits of rank in the mixed radix of the set sizes diff(offsets): int32 (n,), the same decoding the "
+      "enumerators use.");
+
+  m.def(
       "summed_area_table",
       [](const py::array& table) {
         auto t = require<int64_t>(table, "table");

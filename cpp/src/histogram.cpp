@@ -57,8 +57,8 @@ class FloatGridSource {
     for (int c = 0; c < channels; ++c) {
       const float v = x_[base + c * inner];
       if (!in_unit_range(v)) return false;  // also rejects NaN
-      const uint32_t q = level(v);
-      // A table lookup, not a division: exactly the floats v/255 are on the grid.
+      const uint32_t q = u8_level(v);
+      // on_u8_grid (metric.hpp) tabulated: a lookup, not a division, per value.
       if (grid_[q] != v) return false;
       key = (key << 8) | q;
     }
@@ -66,16 +66,11 @@ class FloatGridSource {
   }
   uint32_t trusted_key(int64_t base, int64_t inner, int channels) const {
     uint32_t key = 0;
-    for (int c = 0; c < channels; ++c) key = (key << 8) | level(x_[base + c * inner]);
+    for (int c = 0; c < channels; ++c) key = (key << 8) | u8_level(x_[base + c * inner]);
     return key;
   }
 
  private:
-  // Nearest level of v in [0, 1]; +0.5 and truncation instead of nearbyint,
-  // which is a libm call without SSE4.1. They differ only at exact halves,
-  // which are never on the grid.
-  static uint32_t level(float v) { return static_cast<uint32_t>(v * 255.0f + 0.5f); }
-
   const float* x_;
   float grid_[256];
 };

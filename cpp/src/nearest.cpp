@@ -154,19 +154,9 @@ void NearestIndex::build_grid() {
 }
 
 int NearestIndex::dispatch_nearest(const float* x, int64_t stride) const {
-#define PIXDISC_NEAREST_CASE(M, C) \
-  if (metric_ == M && channels_ == C) return nearest_t<M, C>(x, stride);
-#define PIXDISC_NEAREST_METRICS(C)             \
-  PIXDISC_NEAREST_CASE(Metric::linf, C)        \
-  PIXDISC_NEAREST_CASE(Metric::l1, C)          \
-  PIXDISC_NEAREST_CASE(Metric::l2, C)
-  PIXDISC_NEAREST_METRICS(1)
-  PIXDISC_NEAREST_METRICS(2)
-  PIXDISC_NEAREST_METRICS(3)
-  PIXDISC_NEAREST_METRICS(4)
-#undef PIXDISC_NEAREST_METRICS
-#undef PIXDISC_NEAREST_CASE
-  throw std::invalid_argument("unsupported metric or channel count");
+  return dispatch_metric_channels(metric_, channels_, [&](auto m, auto c) {
+    return nearest_t<decltype(m)::value, decltype(c)::value>(x, stride);
+  });
 }
 
 template <Metric M, int C>
@@ -248,39 +238,22 @@ void NearestIndex::run_u8_t(const uint8_t* x, PixelLayout layout, int32_t* index
   });
 }
 
-#define PIXDISC_RUN_DISPATCH(FN, ...)                                      \
-  do {                                                                     \
-    switch (channels_ * 3 + static_cast<int>(metric_)) {                  \
-      case 1 * 3 + 0: FN<Metric::linf, 1>(__VA_ARGS__); return;            \
-      case 1 * 3 + 1: FN<Metric::l1, 1>(__VA_ARGS__); return;              \
-      case 1 * 3 + 2: FN<Metric::l2, 1>(__VA_ARGS__); return;              \
-      case 2 * 3 + 0: FN<Metric::linf, 2>(__VA_ARGS__); return;            \
-      case 2 * 3 + 1: FN<Metric::l1, 2>(__VA_ARGS__); return;              \
-      case 2 * 3 + 2: FN<Metric::l2, 2>(__VA_ARGS__); return;              \
-      case 3 * 3 + 0: FN<Metric::linf, 3>(__VA_ARGS__); return;            \
-      case 3 * 3 + 1: FN<Metric::l1, 3>(__VA_ARGS__); return;              \
-      case 3 * 3 + 2: FN<Metric::l2, 3>(__VA_ARGS__); return;              \
-      case 4 * 3 + 0: FN<Metric::linf, 4>(__VA_ARGS__); return;            \
-      case 4 * 3 + 1: FN<Metric::l1, 4>(__VA_ARGS__); return;              \
-      case 4 * 3 + 2: FN<Metric::l2, 4>(__VA_ARGS__); return;              \
-      default: throw std::invalid_argument("unsupported metric or channel count"); \
-    }                                                                      \
-  } while (0)
-
 void NearestIndex::run_float(const float* x, PixelLayout layout, int32_t* index, float* out) const {
   if (layout.channels != channels_)
     throw std::invalid_argument("input has " + std::to_string(layout.channels) +
                                 " channels but the codebook has " + std::to_string(channels_));
-  PIXDISC_RUN_DISPATCH(run_float_t, x, layout, index, out);
+  dispatch_metric_channels(metric_, channels_, [&](auto m, auto c) {
+    run_float_t<decltype(m)::value, decltype(c)::value>(x, layout, index, out);
+  });
 }
 
 void NearestIndex::run_u8(const uint8_t* x, PixelLayout layout, int32_t* index, uint8_t* out) const {
   if (layout.channels != channels_)
     throw std::invalid_argument("input has " + std::to_string(layout.channels) +
                                 " channels but the codebook has " + std::to_string(channels_));
-  PIXDISC_RUN_DISPATCH(run_u8_t, x, layout, index, out);
+  dispatch_metric_channels(metric_, channels_, [&](auto m, auto c) {
+    run_u8_t<decltype(m)::value, decltype(c)::value>(x, layout, index, out);
+  });
 }
-
-#undef PIXDISC_RUN_DISPATCH
 
 }  // namespace pixdisc

@@ -1,6 +1,6 @@
 """pixdisc: pixel discretization as an adversarial-robustness defense."""
 
-from ._backend import build_info, cuda_available, get_num_threads, set_num_threads
+from ._native import build_info, cuda_available, get_num_threads, set_num_threads
 from .codebook import (
     Codebook,
     DensityCodebook,

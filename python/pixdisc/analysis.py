@@ -8,7 +8,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _backend
+from . import _native
 from ._files import PathLike
 from ._plotting import png_figure
 from .candidates import candidate_counts
@@ -111,7 +111,7 @@ def pixel_value_histogram(x: Any, channel_axis: Optional[int] = None) -> np.ndar
         data = np.rint(data * np.float32(255)).astype(np.uint8)
     out = np.empty((view.channels, LEVELS), np.int64)
     for c in range(view.channels):
-        out[c] = _backend._core.histogram_gray_u8(np.ascontiguousarray(data[:, c, :]).reshape(-1))
+        out[c] = _native.histogram_gray_u8(np.ascontiguousarray(data[:, c, :]).reshape(-1))
     return out[0] if view.channels == 1 else out
 
 
@@ -145,42 +145,7 @@ def neighbourhood_sizes(x: Any, eps: float, channel_axis: Optional[int] = None) 
     view = as_pixels(x, channel_axis)
     if view.channels not in (1, 3):
         raise ValueError(f"neighbourhood sizes need gray or RGB pixels, got {view.channels} channels")
-    if view.is_cuda:
-        return _neighbourhood_sizes_cuda(view, radius)
-    values, counts, on_grid = _backend._core.histogram(view.data.reshape(-1), view.outer, view.channels, view.inner)
-    if not on_grid:
-        raise ValueError("neighbourhood sizes need 8-bit data: uint8, or floats that are exactly v/255")
-    colours = np.rint(values * np.float32(255)).astype(np.uint8)
-    sizes = _backend._core.neighbourhood_counts(colours, counts, colours, radius)
-    return values, sizes
-
-
-def _neighbourhood_sizes_cuda(view: PixelView, radius: int) -> Tuple[np.ndarray, np.ndarray]:
-    import torch
-
-    cuda = _backend.require_cuda()
-    data = view.data
-    if data.dtype != torch.uint8:
-        scaled = torch.round(data * 255)
-        in_range = bool(((data >= 0) & (data <= 1)).all())
-        if not in_range or not bool(((scaled / 255) == data).all()):
-            raise ValueError("neighbourhood sizes need 8-bit data: uint8, or floats that are exactly v/255")
-        data = scaled.to(torch.uint8).contiguous()
-    device = data.device
-    index = device.index or 0
-    stream = torch.cuda.current_stream(device).cuda_stream
-    table = torch.zeros(1 << (8 * view.channels), dtype=torch.int64, device=device)
-    cuda.histogram_u8(data.data_ptr(), view.outer, view.channels, view.inner, table.data_ptr(), stream, index)
-    # The distinct colours are the non-empty bins, read before the table becomes its own prefix sums.
-    keys = torch.nonzero(table, as_tuple=True)[0].contiguous()
-    cuda.summed_area_table(table.data_ptr(), view.channels, stream, index)
-    sizes = torch.empty_like(keys)
-    cuda.neighbourhood_query(table.data_ptr(), view.channels, keys.data_ptr(), keys.numel(), radius,
-                             sizes.data_ptr(), stream, index)
-    keys_np = keys.cpu().numpy()
-    shifts = 8 * np.arange(view.channels - 1, -1, -1)
-    colours = ((keys_np[:, None] >> shifts[None, :]) & 0xFF).astype(np.float32) / np.float32(255)
-    return colours, sizes.cpu().numpy()
+    return _native.neighbourhood_sizes(view.data.reshape(-1), view.outer, view.channels, view.inner, radius)
 
 
 # --------------------------------------------------------------------------

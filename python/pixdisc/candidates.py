@@ -35,7 +35,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import _backend
+from . import _native
 from .codebook import Codebook
 from .pixels import PixelView, as_pixels
 
@@ -79,12 +79,9 @@ class CandidateSets:
 def _float_view(x: Any, codebook: Codebook, channel_axis: Optional[int]) -> PixelView:
     view = as_pixels(x, channel_axis, channels=codebook.n_channels)
     data = view.data
-    if view.is_cuda:
-        data = data.cpu().numpy()
-    if data.dtype == np.uint8:
-        data = data.astype(np.float32) / np.float32(255)
-    return PixelView(np.ascontiguousarray(data), view.shape, view.axis, view.outer, view.channels, view.inner,
-                     view.is_torch, view.device)
+    if data.dtype == np.uint8 or str(data.dtype) == "torch.uint8":  # uint8 means v/255, on either device
+        data = data.float() / 255 if view.is_cuda else data.astype(np.float32) / np.float32(255)
+    return PixelView(data, view.shape, view.axis, view.outer, view.channels, view.inner, view.is_torch, view.device)
 
 
 def _native_sets(x: Any, codebook: Codebook, eps: float, rule: str, channel_axis: Optional[int], counts_only: bool):
@@ -92,7 +89,7 @@ def _native_sets(x: Any, codebook: Codebook, eps: float, rule: str, channel_axis
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     rule = resolve_rule(rule, codebook)
     view = _float_view(x, codebook, channel_axis)
-    nearest, offsets, members = _backend._core.candidate_sets(
+    nearest, offsets, members = _native.candidate_sets(
         codebook._nearest_index(), view.data.reshape(-1), view.outer, view.channels, view.inner,
         float(eps), 1 if rule == "exact" else 0, counts_only)
     return view, rule, nearest, offsets, members

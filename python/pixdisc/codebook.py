@@ -10,9 +10,9 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from . import _backend
+from . import _native
 from ._files import atomic_write
-from .pixels import PixelView, as_pixels, histogram_of
+from .pixels import as_pixels, histogram_of
 
 __all__ = [
     "Codebook",
@@ -83,7 +83,6 @@ class Codebook:
         self.metric = metric
         self.codes_ = _check_codes(codes)
         self._index = None
-        self._device_codes: Dict[Any, Any] = {}
 
     # -- fitted state -------------------------------------------------------
     @property
@@ -106,73 +105,41 @@ class Codebook:
     def _set_codes(self, codes: np.ndarray) -> None:
         self.codes_ = _check_codes(codes)
         self._index = None
-        self._device_codes = {}
 
-    def _nearest_index(self) -> Any:
+    def _nearest_index(self) -> _native.NearestIndex:
         if self._index is None:
-            self._index = _backend._core.NearestIndex(self._require_fitted(), _metric_id(self.metric))
+            self._index = _native.NearestIndex(self._require_fitted(), _metric_id(self.metric))
         return self._index
 
     # -- discretization -----------------------------------------------------
     def assign(self, x: Any, channel_axis: Optional[int] = None) -> Any:
         """Index of the nearest code for every pixel (int32; the channel axis removed)."""
         view = as_pixels(x, channel_axis, channels=self.n_channels)
-        if view.is_cuda:
-            return self._cuda_run(view, want_values=False)[1]
         index = self._nearest_index().assign(view.data.reshape(-1), view.outer, view.channels, view.inner)
         return view.wrap(index.reshape(view.index_shape))
 
     def transform(self, x: Any, channel_axis: Optional[int] = None) -> Any:
         """``x`` with every pixel replaced by its nearest code (same shape and dtype)."""
+        return self._transform(x, channel_axis, check=True)
+
+    def _transform(self, x: Any, channel_axis: Optional[int], check: bool) -> Any:
+        # check=False: see _native.NearestIndex.transform (CUDA only; the BPDA forward pass).
         view = as_pixels(x, channel_axis, channels=self.n_channels)
-        if view.is_cuda:
-            return self._cuda_run(view, want_values=True)[0]
-        out = self._nearest_index().transform(view.data.reshape(-1), view.outer, view.channels, view.inner)
+        out = self._nearest_index().transform(view.data.reshape(-1), view.outer, view.channels, view.inner,
+                                              check=check)
         return view.wrap(out.reshape(view.shape))
 
     def fit_transform(self, X: Any, y: Any = None, channel_axis: Optional[int] = None) -> Any:
         """``fit(X)`` then ``transform(X)``; ``y`` is ignored (scikit-learn pipelines pass it)."""
         return self.fit(X, channel_axis=channel_axis).transform(X, channel_axis=channel_axis)
 
-    def _cuda_run(self, view: PixelView, want_values: bool) -> Tuple[Any, Any]:
-        import torch
-
-        cuda = _backend.require_cuda()
-        device = view.device
-        if device not in self._device_codes:
-            codes = torch.from_numpy(self._require_fitted()).to(device)
-            codes_u8 = torch.from_numpy(np.rint(self.codes_ * 255).astype(np.uint8)).to(device)
-            self._device_codes[device] = (codes, codes_u8)
-        codes, codes_u8 = self._device_codes[device]
-        data = view.data
-        index = torch.empty(view.index_shape, dtype=torch.int32, device=device)
-        out = torch.empty_like(data) if want_values else None
-        table = codes_u8 if data.dtype == torch.uint8 else codes
-        stream = torch.cuda.current_stream(device).cuda_stream
-        cuda.nearest(
-            data.data_ptr(),
-            data.dtype == torch.uint8,
-            view.outer,
-            view.channels,
-            view.inner,
-            codes.data_ptr(),
-            table.data_ptr(),
-            self.n_codes,
-            _metric_id(self.metric),
-            index.data_ptr(),
-            out.data_ptr() if out is not None else 0,
-            stream,
-            device.index or 0,
-        )
-        return out, index
-
     # -- persistence ----------------------------------------------------------
     def __getstate__(self) -> Dict[str, Any]:
-        # The native index and device copies are caches: rebuilt on first use,
-        # so codebooks pickle cleanly to worker processes.
+        # The native index (and its device copies) is a cache: rebuilt on
+        # first use, so codebooks pickle cleanly to worker processes.
         state = dict(self.__dict__)
         state["_index"] = None
-        state["_device_codes"] = {}
+        state.pop("_device_codes", None)  # the cache of pickles made before _native
         return state
 
     # -- scikit-learn protocol ------------------------------------------------
@@ -261,7 +228,6 @@ class _FittableCodebook(Codebook):
         self.metric = metric
         self.codes_ = None
         self._index = None
-        self._device_codes = {}
 
     def _with_params(self, params: Dict[str, Any]) -> "Codebook":
         return type(self)(**params)
@@ -309,7 +275,7 @@ class DensityCodebook(_FittableCodebook):
 
     def fit(self, X: Any, y: Any = None, channel_axis: Optional[int] = None) -> "DensityCodebook":
         values, counts = self._histogram(X, channel_axis)
-        res = _backend._core.density_codebook(
+        res = _native.density_codebook(
             values, counts, self.k, self.r, _metric_id(self.metric), KERNELS.index(self.kernel),
             float(self.bandwidth or 0.0),
         )
@@ -352,7 +318,7 @@ class KMedoidsCodebook(_FittableCodebook):
                 f"k-medoids on {values.shape[0]} distinct pixel values would take too long "
                 f"(max_values={self.max_values}); subsample the data or raise max_values"
             )
-        res = _backend._core.kmedoids_codebook(values, counts, self.k, _metric_id(self.metric),
+        res = _native.kmedoids_codebook(values, counts, self.k, _metric_id(self.metric),
                                                _seed(self.random_state), self.max_iter)
         self._set_codes(res["codes"])
         self.n_codes_ = int(res["codes"].shape[0])
@@ -384,7 +350,7 @@ class KMeansCodebook(_FittableCodebook):
 
     def fit(self, X: Any, y: Any = None, channel_axis: Optional[int] = None) -> "KMeansCodebook":
         values, counts = self._histogram(X, channel_axis)
-        res = _backend._core.kmeans_codebook(values, counts, self.k, _seed(self.random_state),
+        res = _native.kmeans_codebook(values, counts, self.k, _seed(self.random_state),
                                              self.max_iter, self.tol)
         self._set_codes(res["codes"])
         self.n_codes_ = int(res["codes"].shape[0])

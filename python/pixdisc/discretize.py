@@ -67,7 +67,9 @@ class _DiscretizeFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, module: "Discretize") -> torch.Tensor:  # type: ignore[override]
         ctx.module = module
         ctx.save_for_backward(x)
-        hard = module.codebook.transform(x.detach().to(torch.float32), channel_axis=module.channel_axis)
+        # No wait for the GPU here (check=False): a pixel outside [0, 1] comes out NaN on CUDA and the
+        # next call on the codebook raises; the CPU raises at once.
+        hard = module.codebook._transform(x.detach().to(torch.float32), module.channel_axis, check=False)
         return hard.to(x.dtype)
 
     @staticmethod
@@ -93,6 +95,11 @@ class Discretize(nn.Module):
     (Athalye et al.'s BPDA); ``None`` gives the gradient of the step function
     itself, zero. ``nn.Sequential(Discretize(cb), net)`` is a defended model
     that any gradient attack attacks through BPDA.
+
+    The ``codes`` buffer is the one source of truth: ``codebook`` is the
+    given codebook while the buffer holds its codes, and a codebook made from
+    the buffer once ``load_state_dict`` (or any in-place write) changes them,
+    so forward and backward always use the same codes.
     """
 
     def __init__(self, codebook: Codebook, bpda: Optional[str] = "soft", alpha: float = 10.0,
@@ -105,11 +112,28 @@ class Discretize(nn.Module):
             raise ValueError(f"bpda must be one of {BPDA_MODES}, got {bpda!r}")
         if not np.isfinite(alpha) or alpha <= 0:
             raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-        self.codebook = codebook
         self.bpda = bpda
         self.alpha = float(alpha)
         self.channel_axis = channel_axis
         self.register_buffer("codes", torch.from_numpy(codes.copy()), persistent=True)
+        self._book = (self.codes, self.codes._version, codebook)
+
+    @property
+    def codebook(self) -> Codebook:
+        """The codebook of the ``codes`` buffer (rebuilt from it when the buffer was replaced or written to)."""
+        buffer, version, book = self._book
+        if buffer is not self.codes or version != self.codes._version:
+            # load_state_dict copies into the buffer in place (a new version);
+            # .to()/.cuda() replace it (same values: the codebook just follows).
+            codes = self.codes.detach().to("cpu", torch.float32).numpy()
+            if not np.array_equal(codes, book.codes_):
+                book = Codebook(codes, metric=book.metric)
+            self._book = (self.codes, self.codes._version, book)
+        return self._book[2]
+
+    @property
+    def metric(self) -> str:
+        return self._book[2].metric
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
@@ -132,7 +156,7 @@ class Discretize(nn.Module):
         for start in range(0, pixels.shape[0], step):
             stop = start + step
             grad[start:stop] = _soft_vjp(pixels[start:stop], codes, upstream[start:stop].to(x.dtype),
-                                         self.alpha, self.codebook.metric)
+                                         self.alpha, self.metric)
         if channels == 1:
             return grad.reshape(x.shape)
         axis = self.channel_axis % x.dim()
@@ -140,5 +164,5 @@ class Discretize(nn.Module):
         return grad.reshape(moved_shape).movedim(-1, axis)
 
     def extra_repr(self) -> str:
-        return (f"n_codes={self.codes.shape[0]}, channels={self.codes.shape[1]}, metric={self.codebook.metric!r}, "
+        return (f"n_codes={self.codes.shape[0]}, channels={self.codes.shape[1]}, metric={self.metric!r}, "
                 f"bpda={self.bpda!r}, alpha={self.alpha}")

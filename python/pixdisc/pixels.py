@@ -15,7 +15,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from . import _backend
+from . import _native
 
 __all__ = ["PixelView", "as_pixels", "pixel_histogram", "histogram_of", "is_torch_tensor"]
 
@@ -154,38 +154,6 @@ def pixel_histogram(x: Any, channel_axis: Optional[int] = None) -> Tuple[np.ndar
 
 
 def histogram_of(view: PixelView) -> Tuple[np.ndarray, np.ndarray]:
-    """:func:`pixel_histogram` of an already validated view."""
-    if view.is_cuda:
-        return _histogram_cuda(view)
-    values, counts, _ = _backend._core.histogram(view.data.reshape(-1), view.outer, view.channels, view.inner)
+    """:func:`pixel_histogram` of an already validated view (CUDA data is counted on its GPU when it can be)."""
+    values, counts, _ = _native.histogram(view.data.reshape(-1), view.outer, view.channels, view.inner)
     return values, counts
-
-
-def _histogram_cuda(view: PixelView) -> Tuple[np.ndarray, np.ndarray]:
-    """CUDA histogram of on-grid data; other floats fall back to the CPU."""
-    cuda = _backend.require_cuda()
-    import torch
-
-    data = view.data
-    if data.dtype == torch.float32:
-        scaled = torch.round(data * 255)
-        if not bool(((scaled / 255) == data).all()) or not bool(((data >= 0) & (data <= 1)).all()):
-            values, counts, _ = _backend._core.histogram(
-                data.cpu().numpy().reshape(-1), view.outer, view.channels, view.inner
-            )
-            return values, counts
-        data = scaled.to(torch.uint8).contiguous()
-    bins = 1 << (8 * view.channels)
-    if view.channels > 3:
-        values, counts, _ = _backend._core.histogram(data.cpu().numpy().reshape(-1), view.outer, view.channels, view.inner)
-        return values, counts
-    table = torch.zeros(bins, dtype=torch.int64, device=data.device)
-    stream = torch.cuda.current_stream(data.device).cuda_stream
-    cuda.histogram_u8(data.data_ptr(), view.outer, view.channels, view.inner, table.data_ptr(), stream, data.device.index or 0)
-    keys = torch.nonzero(table, as_tuple=True)[0]
-    counts = table[keys].cpu().numpy()
-    keys = keys.cpu().numpy()
-    shifts = 8 * np.arange(view.channels - 1, -1, -1)
-    comps = (keys[:, None] >> shifts[None, :]) & 0xFF
-    values = comps.astype(np.float32) / np.float32(255)
-    return values, counts.astype(np.int64)

@@ -8,6 +8,10 @@
 
 #include <math.h>
 
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
 #include "pixdisc/common.hpp"
 
 namespace pixdisc {
@@ -85,5 +89,50 @@ PIXDISC_HD bool in_unit_range(float v) { return v >= 0.0f && v <= 1.0f; }
 // uint8 pixels mean v/255; division (not multiplication by 1/255) gives the
 // correctly rounded float32, the same value NumPy's `x / np.float32(255)` gives.
 PIXDISC_HD float u8_to_unit(uint8_t v) { return static_cast<float>(v) / 255.0f; }
+
+// Nearest 8-bit level of v in [0, 1]; +0.5 and truncation instead of
+// nearbyint (a libm call without SSE4.1). They differ only at exact halves,
+// which are never on the grid.
+PIXDISC_HD uint32_t u8_level(float v) { return static_cast<uint32_t>(v * 255.0f + 0.5f); }
+
+// The one on-grid test (CPU histogram, CUDA histogram): true when v is
+// exactly the float u8_to_unit(level) of some 8-bit level, which is then
+// written to *level. NaN and values outside [0, 1] are off the grid.
+PIXDISC_HD bool on_u8_grid(float v, uint32_t* level) {
+  if (!in_unit_range(v)) return false;
+  const uint32_t q = u8_level(v);
+  *level = q;
+  return u8_to_unit(static_cast<uint8_t>(q)) == v;
+}
+
+template <Metric M>
+using MetricTag = std::integral_constant<Metric, M>;
+template <int C>
+using ChannelTag = std::integral_constant<int, C>;
+
+// The one metric x channel dispatch (host only): calls
+// f(MetricTag<M>{}, ChannelTag<C>{}) for the runtime pair, so the caller's
+// generic lambda instantiates its template as decltype(m)::value and
+// decltype(c)::value. Used by the CPU index and the CUDA launchers alike.
+template <typename F>
+auto dispatch_metric_channels(Metric metric, int channels, F&& f) {
+  switch (channels * 3 + static_cast<int>(metric)) {
+    case 1 * 3 + 0: return f(MetricTag<Metric::linf>{}, ChannelTag<1>{});
+    case 1 * 3 + 1: return f(MetricTag<Metric::l1>{}, ChannelTag<1>{});
+    case 1 * 3 + 2: return f(MetricTag<Metric::l2>{}, ChannelTag<1>{});
+    case 2 * 3 + 0: return f(MetricTag<Metric::linf>{}, ChannelTag<2>{});
+    case 2 * 3 + 1: return f(MetricTag<Metric::l1>{}, ChannelTag<2>{});
+    case 2 * 3 + 2: return f(MetricTag<Metric::l2>{}, ChannelTag<2>{});
+    case 3 * 3 + 0: return f(MetricTag<Metric::linf>{}, ChannelTag<3>{});
+    case 3 * 3 + 1: return f(MetricTag<Metric::l1>{}, ChannelTag<3>{});
+    case 3 * 3 + 2: return f(MetricTag<Metric::l2>{}, ChannelTag<3>{});
+    case 4 * 3 + 0: return f(MetricTag<Metric::linf>{}, ChannelTag<4>{});
+    case 4 * 3 + 1: return f(MetricTag<Metric::l1>{}, ChannelTag<4>{});
+    case 4 * 3 + 2: return f(MetricTag<Metric::l2>{}, ChannelTag<4>{});
+    default: break;
+  }
+  throw std::invalid_argument("unsupported metric or channel count (metric " + std::to_string(int(metric)) +
+                              ", " + std::to_string(channels) + " channels; 1 to 4 are supported)");
+}
 
 }  // namespace pixdisc

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import _backend
+from .. import _native
 from ..candidates import candidate_sets
 from ..codebook import Codebook
 from ..realize import ball_ends
@@ -84,56 +84,30 @@ class _Engine:
     def _enumerate(self, sample: _Sample, allowed: List[np.ndarray], deadline: float) -> Tuple[Optional[np.ndarray], bool]:
         """Search the product of `allowed`; returns (failing z codes or None, finished)."""
         sizes = np.array([len(a) for a in allowed], np.int64)
-        total = int(np.prod(sizes, dtype=np.float64)) if len(sizes) else 1
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         members = (np.concatenate(allowed) if allowed else np.zeros(0)).astype(np.int32)
         base = self._image(sample, sample.base_codes)
         pixels = sample.base_codes.shape[0]
-        make_batch = self._batch_maker(base, sample.positions, pixels, offsets, members, sizes)
-        for start in range(0, total, self.batch_size):
-            count = min(self.batch_size, total - start)
-            wrong = (self._logits(make_batch(start, count)).argmax(1) != sample.y).nonzero()
+        enumerator = self._enumerator(base, sample.positions, pixels, offsets, members)
+        for start in range(0, enumerator.total, self.batch_size):
+            count = min(self.batch_size, enumerator.total - start)
+            wrong = (self._logits(enumerator(start, count)).argmax(1) != sample.y).nonzero()
             if len(wrong):
-                rank = start + int(wrong[0, 0])
-                digits = []
-                for size in sizes:
-                    digits.append(rank % size)
-                    rank //= size
+                # The native decoding the enumerator used: rank -> one candidate per ambiguous pixel.
+                digits = enumerator.digits(start + int(wrong[0, 0]))
                 z = sample.base_codes.copy()
-                for j, d in enumerate(digits):
-                    z[sample.positions[j]] = allowed[j][d]
+                z[sample.positions] = members[offsets[:-1] + digits]
                 return z, True
             if time.monotonic() > deadline:
                 return None, False
         return None, True
 
-    def _batch_maker(self, base: np.ndarray, positions: np.ndarray, pixels: int, offsets: np.ndarray,
-                     members: np.ndarray, sizes: np.ndarray):
-        """Returns make(start, count) -> candidate images; on a GPU they are written there directly."""
-        if not (str(self.device).startswith("cuda") and _backend.cuda_available()):
-            return lambda start, count: _backend._core.enumerate_candidates(
-                base, positions, pixels, offsets, members, self._codes, start, count)
-        cuda = _backend.require_cuda()
-        device = torch.device(self.device)
-        if float(np.prod(sizes.astype(np.float64))) >= 2.0 ** 64:
-            raise ValueError("|S(x)| exceeds 2^64: enumerate a smaller product")
-        strides = np.ones(len(sizes), np.uint64)  # mixed-radix place values, as in candidates.hpp
-        strides[1:] = np.cumprod(sizes[:-1].astype(np.uint64))
-        on_device = {name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in {
-            "base": base, "positions": positions, "offsets": offsets, "members": members,
-            "codes": self._codes, "strides": strides.view(np.int64)}.items()}
-        image_size = base.shape[0]
-
-        def make(start: int, count: int) -> torch.Tensor:
-            out = torch.empty((count, image_size), dtype=torch.float32, device=device)
-            cuda.enumerate_candidates(
-                on_device["base"].data_ptr(), image_size, on_device["positions"].data_ptr(), pixels,
-                on_device["offsets"].data_ptr(), on_device["strides"].data_ptr(), on_device["members"].data_ptr(),
-                len(sizes), on_device["codes"].data_ptr(), self._codes.shape[1], start, count, out.data_ptr(),
-                torch.cuda.current_stream(device).cuda_stream, device.index or 0)
-            return out
-
-        return make
+    def _enumerator(self, base: np.ndarray, positions: np.ndarray, pixels: int, offsets: np.ndarray,
+                    members: np.ndarray) -> _native.CandidateEnumerator:
+        """Candidate images in batches; on a GPU they are written there directly."""
+        on_gpu = str(self.device).startswith("cuda") and _native.cuda_available()
+        return _native.CandidateEnumerator(base, positions, pixels, offsets, members, self._codes,
+                                           device=self.device if on_gpu else None)
 
     # -- counterexamples ------------------------------------------------------------------------
     def _realize(self, sample: _Sample, z: np.ndarray) -> Tuple[Optional[np.ndarray], bool]:
