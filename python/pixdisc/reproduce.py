@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,6 @@ from tqdm import tqdm
 
 from . import analysis, datasets
 from ._files import write_text
-from ._plotting import png_figure
 from .attacks import evaluate_robustness
 from .candidates import log2_set_size
 from .certification import Budget, certify
@@ -30,12 +28,11 @@ from .experiments import DEMO_CONFIG, QUICK_CONFIG, ExperimentConfig, attack_spe
 from .models import load_model, save_model
 from .paper import PAPER_NUMBERS, PAPER_SOURCE
 from .plan import train_settings
+from .report.reproduction import QUICK_LABEL, TARGETS, TITLES, Figure, write_target
 from .train import SETTINGS
 
 __all__ = ["TARGETS", "PAPER_NUMBERS", "PAPER_SOURCE", "reproduce"]
 
-TARGETS: tuple[str, ...] = ("table1", "table2", "table3", "table4",
-                            "fig1", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "all")
 
 # Where each paper data set lives here, in the order tables list them.
 _PAPER_DATASETS = ("mnist", "fashion_mnist", "cifar10", "gtsrb", "imagenet")
@@ -51,7 +48,6 @@ _SUBDIRS = {
 # ImageNet rows need the paper's pretrained ImageNet classifiers, which cannot be downloaded here.
 _NO_IMAGENET_MODEL = ("not available here: the paper attacks pretrained ImageNet classifiers (Inception / "
                       "adversarially trained ResNet); no pretrained weights can be downloaded on this machine")
-_QUICK_LABEL = "quick: not comparable"
 
 # Robustness-curve eps grids (the figures' ranges are ours; the paper gives curves only).
 _CURVE_EPS = {"mnist": (0.05, 0.1, 0.2, 0.3, 0.4), "fashion_mnist": (0.02, 0.05, 0.1, 0.15, 0.2),
@@ -353,7 +349,7 @@ def _row(name: str, loaded: str, base: str, codebook: str, codes: np.ndarray | N
          config: ExperimentConfig) -> dict[str, Any]:
     ours = [_pct(pre["clean_accuracy"]), _pct(pre["robust_accuracy"]),
             _pct(re_["clean_accuracy"]) if re_ else None, _pct(re_["robust_accuracy"]) if re_ else None]
-    notes = [note for note in (_QUICK_LABEL if quick else "", message) if note]
+    notes = [note for note in (QUICK_LABEL if quick else "", message) if note]
     return {"dataset": name, "loaded": loaded, "status": "ok", "base": base, "codebook": codebook,
             "codes_255": None if codes is None else np.rint(np.asarray(codes) * 255).astype(int).tolist(),
             "n_test": pre["n"], "eps": config.eps, "steps": config.steps,
@@ -394,7 +390,7 @@ def _table4(ctx: _Context) -> dict[str, Any]:
                         "s_star_hoeffding": _pct(summary.get("lower_hoeffding")),
                         "s_star_clopper_pearson": _pct(summary.get("lower_clopper_pearson"))})
         rows.append(row)
-    notes = [note for note in (message, _QUICK_LABEL + " (success/fail/s*)" if ctx.quick else "") if note]
+    notes = [note for note in (message, QUICK_LABEL + " (success/fail/s*)" if ctx.quick else "") if note]
     codes_255 = np.rint(book.codes_ * 255).astype(int).tolist()
     return {"dataset": data.name, "codebook": {"k": 2, "r": 0.6, "codes_255": codes_255},
             "model": "disc_adv_pre (adversarially trained network behind the codes)", "rows": rows,
@@ -411,8 +407,8 @@ def _missing_entry(name: str, message: str) -> dict[str, Any]:
 
 def _fig_curves(ctx: _Context, target: str, names: Sequence[str]) -> dict[str, Any]:
     """Figs. 1-3: robust accuracy vs eps for the natural / adversarial models with and without the codes."""
-    entries = []
-    pngs = []
+    entries: list[dict[str, Any]] = []
+    figures: list[Figure] = []
     for name in names:
         if name == "imagenet":
             entries.append({"dataset": name, "status": "not available", "message": _NO_IMAGENET_MODEL})
@@ -428,13 +424,12 @@ def _fig_curves(ctx: _Context, target: str, names: Sequence[str]) -> dict[str, A
         models = _six_settings(ctx, data, book, tag, ("nat_pre", "adv_pre", "disc_nat_pre", "disc_adv_pre"))
         grid = (_CURVE_EPS_QUICK if ctx.quick else _CURVE_EPS)[name]
         curve = _curves(ctx, data, models, tag, grid)
-        png = ctx.out / f"{target}_{data.name}.png"
-        analysis.plot_robustness_curves(curve["eps"], curve["settings"], png,
-                                        title=f"{target}: {data.name}, {book.n_codes} codes"
-                                        + (" (quick)" if ctx.quick else ""))
-        pngs.append(png.name)
+        png = f"{target}_{data.name}.png"
+        figures.append(Figure(png, "curves", {"eps": curve["eps"], "curves": curve["settings"],
+                                              "title": f"{target}: {data.name}, {book.n_codes} codes"
+                                              + (" (quick)" if ctx.quick else "")}))
         entry = {"dataset": name, "loaded": data.name, "status": "ok", "codes": book.n_codes, "curve": curve,
-                 "png": png.name, "note": "; ".join(x for x in (_QUICK_LABEL if ctx.quick else "", message) if x)}
+                 "png": png, "note": "; ".join(x for x in (QUICK_LABEL if ctx.quick else "", message) if x)}
         if target == "fig3":
             # Fig. 3b: the adversarial generalization gap of the adversarially re-trained defended model.
             config = _config(ctx, data)
@@ -442,15 +437,13 @@ def _fig_curves(ctx: _Context, target: str, names: Sequence[str]) -> dict[str, A
             re_models = _six_settings(ctx, data, book, tag, ("disc_adv_re",))
             train_curve = _curves(ctx, data, re_models, tag, grid, x_tr, y_tr, "train")
             test_curve = _curves(ctx, data, re_models, tag, grid)
-            gap_png = ctx.out / f"fig3b_{data.name}.png"
-            analysis.plot_robustness_curves(grid, {"train": train_curve["settings"]["disc_adv_re"],
-                                                   "test": test_curve["settings"]["disc_adv_re"]}, gap_png,
-                                            title="adversarial generalization gap (disc_adv_re)")
-            entry["gap"] = {"train": train_curve["settings"]["disc_adv_re"],
-                            "test": test_curve["settings"]["disc_adv_re"], "png": gap_png.name}
-            pngs.append(gap_png.name)
+            gap_png = f"fig3b_{data.name}.png"
+            gap = {"train": train_curve["settings"]["disc_adv_re"], "test": test_curve["settings"]["disc_adv_re"]}
+            figures.append(Figure(gap_png, "curves", {"eps": grid, "curves": gap,
+                                                      "title": "adversarial generalization gap (disc_adv_re)"}))
+            entry["gap"] = {**gap, "png": gap_png}
         entries.append(entry)
-    return {"entries": entries, "pngs": pngs}
+    return {"entries": entries, "figures": figures}
 
 
 def _fig4(ctx: _Context, table4: Mapping[str, Any]) -> dict[str, Any]:
@@ -466,12 +459,12 @@ def _fig4(ctx: _Context, table4: Mapping[str, Any]) -> dict[str, Any]:
               "certified s_hat_* (paper formula)": [(row["s_star_paper_formula"] or 0) / 100 for row in rows],
               "paper s_hat": [row["paper"]["success"] / 100 for row in rows],
               "paper s_hat_*": [row["paper"]["s_star"] / 100 for row in rows]}
-    png = ctx.out / "fig4_mnist.png"
-    analysis.plot_robustness_curves(eps, series, png, title="certificate vs attacks on MNIST"
-                                    + (" (quick)" if ctx.quick else ""), ylabel="accuracy (%)")
+    png = "fig4_mnist.png"
+    figure = Figure(png, "curves", {"eps": eps, "curves": series, "ylabel": "accuracy (%)",
+                                    "title": "certificate vs attacks on MNIST" + (" (quick)" if ctx.quick else "")})
     return {"entries": [{"dataset": "mnist", "loaded": data.name, "status": "ok", "eps": eps,
-                         "series": series, "png": png.name, "note": _QUICK_LABEL if ctx.quick else ""}],
-            "pngs": [png.name]}
+                         "series": series, "png": png, "note": QUICK_LABEL if ctx.quick else ""}],
+            "figures": [figure]}
 
 
 def _fig5(ctx: _Context) -> dict[str, Any]:
@@ -493,17 +486,15 @@ def _fig5(ctx: _Context) -> dict[str, Any]:
                         "fraction_zero": float(np.mean(values == 0)), "mean_ambiguous_pixels": float(ambiguous.mean()),
                         "quantiles": {str(q): float(np.quantile(values, q)) for q in (0.1, 0.5, 0.9)},
                         "note": message})
-    pngs = []
-    if series:
-        png = ctx.out / "fig5_fragmentation_cdf.png"
-        analysis.plot_fragmentation_cdf(series, png, title="fragmentation CDF")
-        pngs.append(png.name)
-    return {"entries": entries, "pngs": pngs}
+    figures = [Figure("fig5_fragmentation_cdf.png", "fragmentation_cdf",
+                      {"values": series, "title": "fragmentation CDF"})] if series else []
+    return {"entries": entries, "figures": figures}
 
 
 def _fig6(ctx: _Context) -> dict[str, Any]:
     """Fig. 6: neighbourhood sizes; the 3-D scatter needs CIFAR-10, gray data gets a 1-D analogue."""
-    entries, pngs = [], []
+    entries: list[dict[str, Any]] = []
+    figures: list[Figure] = []
     eps = 8 / 255
     for name in ("cifar10", "mnist", "fashion_mnist"):
         data, message = _dataset(ctx, name)
@@ -516,31 +507,23 @@ def _fig6(ctx: _Context) -> dict[str, Any]:
                  "median_neighbourhood_size": float(np.median(sizes)), "note": message}
         if colours.shape[1] == 3:
             for suffix, sample, log in (("a", 40_000, False), ("b", 400_000, True)):
-                png = ctx.out / f"fig6{suffix}_{data.name}.png"
-                analysis.plot_neighbourhood_scatter(colours, sizes, png, sample=sample, log_scale=log, seed=ctx.seed)
-                pngs.append(png.name)
+                figures.append(Figure(f"fig6{suffix}_{data.name}.png", "neighbourhood_scatter",
+                                      {"colours": colours, "sizes": sizes, "sample": sample, "log_scale": log,
+                                       "seed": ctx.seed}))
         else:
-            png = ctx.out / f"fig6_{data.name}_gray.png"
-            _plot_gray_neighbourhoods(colours[:, 0], sizes, png, f"{data.name}: |N_inf(p, 8/255)| (gray analogue)")
-            pngs.append(png.name)
+            figures.append(Figure(f"fig6_{data.name}_gray.png", "gray_neighbourhoods",
+                                  {"levels": colours[:, 0], "sizes": sizes,
+                                   "title": f"{data.name}: |N_inf(p, 8/255)| (gray analogue)"}))
             entry["note"] = "; ".join(x for x in ("gray analogue of the paper's RGB scatter", message) if x)
-        entry["png"] = pngs[-1]
+        entry["png"] = figures[-1].file
         entries.append(entry)
-    return {"entries": entries, "pngs": pngs}
-
-
-def _plot_gray_neighbourhoods(levels: np.ndarray, sizes: np.ndarray, path: Path, title: str) -> Path:
-    with png_figure(path, (6, 4), title) as (_, axes):
-        axes.bar(np.asarray(levels) * 255, np.asarray(sizes), width=1.0, color="0.3")
-        axes.set_yscale("log")
-        axes.set_xlabel("pixel value (level)")
-        axes.set_ylabel("|N_inf(p, eps)|")
-    return path
+    return {"entries": entries, "figures": figures}
 
 
 def _fig7(ctx: _Context) -> dict[str, Any]:
     """Fig. 7: pixel-value histograms on a log scale (data only)."""
-    entries, pngs = [], []
+    entries: list[dict[str, Any]] = []
+    figures: list[Figure] = []
     for name in ("mnist", "fashion_mnist"):
         data, message = _dataset(ctx, name)
         if data is None:
@@ -548,180 +531,15 @@ def _fig7(ctx: _Context) -> dict[str, Any]:
             continue
         counts = analysis.pixel_value_histogram(data.x_train)
         total = int(counts.sum())
-        png = ctx.out / f"fig7_{data.name}.png"
-        analysis.plot_pixel_histogram(counts, png, title=f"{data.name}: pixel values")
-        pngs.append(png.name)
+        png = f"fig7_{data.name}.png"
+        figures.append(Figure(png, "pixel_histogram", {"counts": counts, "title": f"{data.name}: pixel values"}))
         entries.append({"dataset": name, "loaded": data.name, "status": "ok", "pixels": total,
                         "fraction_black": float(counts[0] / total),
                         "fraction_le_25": float(counts[:26].sum() / total),
                         "fraction_ge_230": float(counts[230:].sum() / total),
                         "fraction_between": float(counts[26:230].sum() / total),
-                        "counts": counts.tolist(), "png": png.name, "note": message})
-    return {"entries": entries, "pngs": pngs}
-
-
-# ------------------------------------------------------------------------------------------ markdown
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "N/A"
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return str(value)
-
-
-def _first_sentence(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line.split(". ")[0].rstrip(".")
-
-
-def _missing_md(entries: Sequence[Mapping[str, Any]]) -> list[str]:
-    lines = []
-    for entry in entries:
-        if entry.get("status") in ("missing", "not available"):
-            lines.append(f"- **{entry['dataset']}** ({entry['status']}):")
-            lines.extend(f"  {line}" for line in str(entry["message"]).splitlines())
-    return lines
-
-
-def _table_md(target: str, result: Mapping[str, Any]) -> list[str]:
-    # "rob" is the attacked ceiling (default suite), "floor" what certify proved on the same images.
-    lines = ["| dataset | base model | codebook | ours pre acc | ours pre rob | ours pre floor | ours re acc "
-             "| ours re rob | ours re floor | paper pre acc | paper pre rob | paper re acc | paper re rob | note |",
-             "|" + "---|" * 14]
-    for row in result["rows"]:
-        if row["status"] != "ok":
-            # No numbers of ours: still list the paper's, so the table stays side by side.
-            why = f"{row['status']}: {_first_sentence(row['message'])} (see below)"
-            for base, published in row["paper"].items():
-                for key, values in published.items():
-                    lines.append(f"| {row['dataset']} | {base} | k={key} | – | – | – | – | – | – | "
-                                 + " | ".join(_fmt(v) for v in values) + f" | {why} |")
-            continue
-        paper = row["paper"] or [None] * 4
-        pre_clean, pre_rob, re_clean, re_rob = row["ours"]
-        floors = row.get("ours_floor", [None, None])
-        lines.append(f"| {row['loaded']} | {row['base']} | {row['codebook']} | "
-                     + " | ".join(_fmt(v) for v in (pre_clean, pre_rob, floors[0], re_clean, re_rob, floors[1]))
-                     + " | "
-                     + " | ".join(_fmt(v) for v in paper) + f" | {row['note']} |")
-    return lines
-
-
-def _table4_md(result: Mapping[str, Any]) -> list[str]:
-    lines = ["| eps | b | unable ours (data only, log2\\|S\\|>b) | unable paper | success ours | success paper "
-             "| fail ours | fail paper | unable ours (budget) | s* ours (paper formula) | s* paper |",
-             "|" + "---|" * 11]
-    for row in result["rows"]:
-        paper = row["paper"]
-        lines.append(f"| {row['eps']:.2f} | {row['b']} | {_fmt(row['unable_data_only'])} | {_fmt(paper['unable'])} | "
-                     f"{_fmt(row.get('success'))} | {_fmt(paper['success'])} | {_fmt(row.get('fail'))} | "
-                     f"{_fmt(paper['fail'])} | {_fmt(row.get('unable_budget'))} | "
-                     f"{_fmt(row.get('s_star_paper_formula'))} | {_fmt(paper['s_star'])} |")
-    return lines
-
-
-def _figure_md(target: str, result: Mapping[str, Any]) -> list[str]:
-    paper = PAPER_NUMBERS[target]
-    lines = ["| dataset | status | ours | paper | note |", "|---|---|---|---|---|"]
-    for entry in result["entries"]:
-        if entry["status"] != "ok":
-            lines.append(f"| {entry['dataset']} | {entry['status']} | | {paper['note']} | "
-                         f"{_first_sentence(entry['message'])} (see below) |")
-            continue
-        ours = _figure_summary(target, entry)
-        published = paper["note"]
-        if target == "fig6":
-            published = f"CIFAR-10 max \\|N\\| = {paper['max_neighbourhood_size']:,} at eps=8 levels"
-        lines.append(f"| {entry['loaded']} | ok | {ours} | {published} | {entry.get('note', '')} |")
-    return lines
-
-
-def _figure_summary(target: str, entry: Mapping[str, Any]) -> str:
-    if target in ("fig1", "fig2", "fig3"):
-        curve = entry["curve"]
-        parts = [f"{name}: " + ", ".join(f"{100 * v:.0f}%" for v in values)
-                 for name, values in curve["settings"].items()]
-        text = f"eps {', '.join(f'{e:.3g}' for e in curve['eps'])} → " + "; ".join(parts)
-        if "gap" in entry:
-            text += f"; gap train {entry['gap']['train']} vs test {entry['gap']['test']}"
-        return text
-    if target == "fig4":
-        return "; ".join(f"{name}: " + ", ".join(f"{100 * v:.0f}%" for v in values)
-                         for name, values in entry["series"].items() if not name.startswith("paper"))
-    if target == "fig5":
-        return (f"k={entry['k']}, eps={entry['eps']:.3g}, n={entry['n']}: median {entry['median']:.4f}, "
-                f"{100 * entry['fraction_zero']:.1f}% of images at 0, mean ambiguous pixels "
-                f"{entry['mean_ambiguous_pixels']:.1f}")
-    if target == "fig6":
-        return (f"{entry['distinct_pixels']:,} distinct pixels, max \\|N\\| = {entry['max_neighbourhood_size']:,}, "
-                f"median {entry['median_neighbourhood_size']:,.0f}")
-    if target == "fig7":
-        return (f"{entry['pixels']:,} pixels: {100 * entry['fraction_le_25']:.1f}% ≤ 25, "
-                f"{100 * entry['fraction_ge_230']:.1f}% ≥ 230, {100 * entry['fraction_between']:.1f}% between")
-    return ""
-
-
-_TITLES = {
-    "table1": "Table I: colour-depth reduction",
-    "table2": "Table II: codes by density estimation (Algorithm 1)",
-    "table3": "Table III: codes by k-medoids (Algorithm 2, l1)",
-    "table4": "Table IV: MNIST certificate",
-    "fig1": "Figure 1: MNIST and Fashion-MNIST, robustness vs eps",
-    "fig2": "Figure 2: GTSRB and ImageNet, robustness vs eps",
-    "fig3": "Figure 3: CIFAR-10, robustness vs eps and the adversarial gap",
-    "fig4": "Figure 4: MNIST certificate vs attacks",
-    "fig5": "Figure 5: fragmentation CDF",
-    "fig6": "Figure 6: pixel neighbourhood sizes",
-    "fig7": "Figure 7: pixel-value histogram",
-}
-
-
-def _section_md(target: str, result: Mapping[str, Any]) -> str:
-    mode = f"quick (tiny budgets; model-based numbers are {_QUICK_LABEL})" if result["quick"] else "full"
-    lines = [f"## {target}: {_TITLES[target]}", "",
-             f"Mode: {mode}; "
-             f"wall time {result['seconds']:.1f} s; raw JSON: [{target}.json]({target}.json).", ""]
-    if target in ("table1", "table2", "table3"):
-        lines += ["Accuracy / robustness in %; 'pre' = pre-trained model behind the codes, 're' = re-trained on "
-                  "them; the 'none (k=256)' rows are the model without discretization (paper's k=256 / 256^3 row).",
-                  ""]
-        lines += _table_md(target, result)
-        entries = result["rows"]
-    elif target == "table4":
-        lines += [f"Data set {result['dataset']}, codes {result['codebook']['codes_255']}/255, model "
-                  f"{result['model']}. 'unable (data only)' is the paper's definition, computed on all "
-                  f"{result['rows'][0]['n_data_only']} test images; success/fail come from branch-and-bound "
-                  f"certification of {result['certify']['n']} images, whose own 'unable' means its budget ran out. "
-                  f"{result['note']}", ""]
-        lines += _table4_md(result)
-        entries = []
-    else:
-        lines += _figure_md(target, result)
-        entries = result["entries"]
-    missing = _missing_md(entries)
-    if missing:
-        lines += ["", "Missing data (where we looked, how to get it):", ""] + missing
-    for png in result.get("pngs", []):
-        lines += ["", f"![{png}]({png})"]
-    return "\n".join(lines) + "\n"
-
-
-_SECTION = re.compile(r"<!-- pixdisc:(\w+):start -->\n(.*?)<!-- pixdisc:\1:end -->\n", re.S)
-
-
-def _update_index(out: Path, target: str, section: str) -> Path:
-    """Merge ``section`` into ``out/index.md``, replacing that target's old section, in TARGETS order."""
-    path = out / "index.md"
-    sections = dict(_SECTION.findall(path.read_text())) if path.exists() else {}
-    sections[target] = section
-    header = ["# pixdisc reproduction report", "",
-              f"Reproducing {PAPER_SOURCE}, on the data available here. Each section puts our numbers next to "
-              "the paper's published ones ('paper' columns); sections accumulate as targets are run.", ""]
-    body = [f"<!-- pixdisc:{name}:start -->\n{sections[name]}<!-- pixdisc:{name}:end -->\n"
-            for name in TARGETS if name in sections]
-    return write_text(path, "\n".join(header) + "\n" + "\n".join(body))
+                        "counts": counts.tolist(), "png": png, "note": message})
+    return {"entries": entries, "figures": figures}
 
 
 # ------------------------------------------------------------------------------------------ plumbing
@@ -767,13 +585,14 @@ def _run_target(ctx: _Context, target: str) -> dict[str, Any]:
         result = _fig7(ctx)
     if target == "table4":
         ctx.memo["table4"] = result
-    result = {"target": target, "title": _TITLES[target], "quick": ctx.quick, "seed": ctx.seed,
+    figures = result.pop("figures", [])
+    result["pngs"] = [figure.file for figure in figures]
+    result = {"target": target, "title": TITLES[target], "quick": ctx.quick, "seed": ctx.seed,
               "paper": _jsonable(PAPER_NUMBERS[target] if target not in ("table1", "table2", "table3") else
                                  {name: _paper_rows(entry) for name, entry in PAPER_NUMBERS[target].items()}),
               "source": PAPER_SOURCE, **result, "seconds": time.perf_counter() - started}
     result = _jsonable(result)
-    write_text(ctx.out / f"{target}.json", json.dumps(result, indent=1))
-    _update_index(ctx.out, target, _section_md(target, result))
+    write_target(ctx.out, target, result, figures)
     return result
 
 

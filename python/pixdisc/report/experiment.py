@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ._files import write_text
-from ._plotting import png_figure
-from .paper import PAPER_SOURCE, table_ii_settings
+from .._files import write_text
+from .._plotting import png_figure
+from ..paper import PAPER_SOURCE, table_ii_settings
 
 __all__ = [
     "PAPER_CITATION",
@@ -23,6 +23,7 @@ __all__ = [
     "write_json",
     "write_markdown",
     "write_report",
+    "certify_table",
 ]
 
 PAPER_CITATION = f"{PAPER_SOURCE}, Table II (codes by density estimation)"
