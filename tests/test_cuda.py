@@ -97,7 +97,7 @@ def test_discretize_module_on_cuda(torch):
 
 
 def test_cuda_enumeration_matches_cpu(torch):
-    from pixdisc import _backend
+    from pixdisc import _native
 
     codes = np.array([[0.0], [0.3], [0.6], [1.0]], np.float32)
     base = np.zeros(12, np.float32)
@@ -106,13 +106,98 @@ def test_cuda_enumeration_matches_cpu(torch):
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     members = np.array([0, 1, 0, 1, 2, 2, 3, 0, 1, 2, 3, 1][: offsets[-1]], np.int32)
     total = int(np.prod(sizes))
-    expect = _backend._core.enumerate_candidates(base, positions, 12, offsets, members, codes, 3, total - 3)
-    dev = {k: torch.from_numpy(v).cuda() for k, v in dict(
-        base=base, positions=positions, offsets=offsets, members=members, codes=codes,
-        strides=np.concatenate([[1], np.cumprod(sizes)[:-1]]).astype(np.int64)).items()}
-    out = torch.empty((total - 3, 12), device="cuda")
-    _backend.require_cuda().enumerate_candidates(
-        dev["base"].data_ptr(), 12, dev["positions"].data_ptr(), 12, dev["offsets"].data_ptr(),
-        dev["strides"].data_ptr(), dev["members"].data_ptr(), 4, dev["codes"].data_ptr(), 1, 3, total - 3,
-        out.data_ptr(), torch.cuda.current_stream().cuda_stream, 0)
+    expect = _native.enumerate_candidates(base, positions, 12, offsets, members, codes, 3, total - 3)
+    on_gpu = _native.CandidateEnumerator(base, positions, 12, offsets, members, codes, device="cuda")
+    out = on_gpu(3, total - 3)
+    assert out.device.type == "cuda"
     np.testing.assert_array_equal(out.cpu().numpy(), expect)
+    with pytest.raises(ValueError, match="exceed"):
+        on_gpu(total - 1, 2)
+
+
+# --------------------------------------------------------------------------
+# The CUDA bindings check what they are given, as the CPU ones do
+
+
+def _cuda_index(channels=3):
+    from pixdisc import _native
+
+    codes = np.random.default_rng(0).random((5, channels), dtype=np.float32)
+    return _native.require_cuda().NearestIndex(codes, 0, 0), _native
+
+
+def test_cuda_bindings_reject_wrong_dtype_shape_and_layout(torch):
+    index, _native = _cuda_index()
+    stream = torch.cuda.current_stream().cuda_stream
+    x = torch.rand(8, 3, device="cuda")
+    out = torch.empty(8, dtype=torch.int32, device="cuda")
+    with pytest.raises(ValueError, match="float32"):
+        index.assign(x.double(), 8, 3, 1, out, stream, True)
+    with pytest.raises(ValueError, match="int32"):
+        index.assign(x, 8, 3, 1, out.long(), stream, True)
+    with pytest.raises(ValueError, match="does not match"):
+        index.assign(x, 9, 3, 1, out, stream, True)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        index.assign(torch.rand(3, 8, device="cuda").t(), 8, 3, 1, out, stream, True)
+    with pytest.raises(ValueError, match="channels"):
+        index.assign(torch.rand(8, 2, device="cuda"), 8, 2, 1, out, stream, True)
+    with pytest.raises(TypeError, match="__cuda_array_interface__"):
+        index.assign(x.cpu(), 8, 3, 1, out, stream, True)
+    with pytest.raises(ValueError, match="int64"):
+        _native.require_cuda().summed_area_table(torch.zeros(256, dtype=torch.int32, device="cuda"), stream)
+    with pytest.raises(ValueError, match="256"):
+        _native.require_cuda().summed_area_table(torch.zeros(100, dtype=torch.int64, device="cuda"), stream)
+
+
+def test_cuda_bindings_reject_host_memory_behind_an_interface(torch):
+    index, _native = _cuda_index()
+    host = np.zeros(24, np.float32)
+
+    class HostPretendingToBeCuda:
+        __cuda_array_interface__ = {"shape": (24,), "typestr": "<f4", "data": (host.ctypes.data, False),
+                                    "version": 3, "strides": None}
+
+    out = torch.empty(8, dtype=torch.int32, device="cuda")
+    with pytest.raises(ValueError, match="host memory|not CUDA memory"):
+        index.assign(HostPretendingToBeCuda(), 8, 3, 1, out, torch.cuda.current_stream().cuda_stream, True)
+
+
+@pytest.mark.skipif(not pixdisc.cuda_available() or __import__("torch").cuda.device_count() < 2,
+                    reason="needs two CUDA devices")
+def test_cuda_bindings_reject_the_wrong_device(torch):
+    index, _native = _cuda_index()  # on cuda:0
+    x = torch.rand(8, 3, device="cuda:1")
+    with pytest.raises(ValueError, match="cuda:1"):
+        index.assign(x, 8, 3, 1, torch.empty(8, dtype=torch.int32, device="cuda:1"),
+                     torch.cuda.current_stream(1).cuda_stream, True)
+    book = pixdisc.Codebook(np.zeros((2, 3), np.float32))
+    assert book.assign(x, channel_axis=-1).device == x.device  # the door picks the device's own index
+
+
+def test_unchecked_transform_defers_the_range_error(torch):
+    """The BPDA forward pass does not wait for the GPU: a bad pixel comes out NaN, the next call raises."""
+    from pixdisc.discretize import Discretize
+
+    book = pixdisc.Codebook(np.random.default_rng(4).random((6, 3), dtype=np.float32))
+    x = torch.rand(2, 3, 4, 4, device="cuda")
+    x[0, 1, 2, 2] = 1.5
+    out = Discretize(book)(x)
+    assert torch.isnan(out[0, :, 2, 2]).all() and not torch.isnan(out[1]).any()
+    torch.cuda.synchronize()
+    with pytest.raises(ValueError, match=r"\[0, 1\].*earlier"):
+        book.transform(torch.rand(2, 3, 4, 4, device="cuda"))
+    book.transform(torch.rand(2, 3, 4, 4, device="cuda"))  # reported once, then clear
+
+
+def test_cuda_neighbourhood_sizes_match_cpu(torch):
+    from pixdisc import analysis
+
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 256, size=(2000, 3), dtype=np.uint8)
+    for data in (x, x.astype(np.float32) / np.float32(255)):
+        colours, sizes = analysis.neighbourhood_sizes(torch.from_numpy(data).cuda(), 4 / 255, channel_axis=-1)
+        expect_colours, expect_sizes = analysis.neighbourhood_sizes(data, 4 / 255, channel_axis=-1)
+        np.testing.assert_array_equal(colours, expect_colours)
+        np.testing.assert_array_equal(sizes, expect_sizes)
+    with pytest.raises(ValueError, match="8-bit"):
+        analysis.neighbourhood_sizes(torch.rand(100, 3, device="cuda"), 4 / 255, channel_axis=-1)

@@ -95,3 +95,37 @@ def test_sequential_defended_model_and_bad_inputs():
         Discretize(pixdisc.DensityCodebook(2, 0.1))
     with pytest.raises(ValueError, match="float"):
         Discretize(book)(torch.zeros(1, 1, 4, 4, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_load_state_dict_changes_forward_and_backward(channels, device):
+    """The codes buffer is the one source of truth: loading other codes moves forward and backward alike."""
+    first, second = _codebook(channels, "l1", k=6, seed=1), _codebook(channels, "l1", k=6, seed=2)
+    module = Discretize(first, alpha=5.0).to(device)
+    module.load_state_dict(Discretize(second).state_dict())
+    reference = Discretize(second, alpha=5.0).to(device)
+    x = torch.rand(2, channels, 4, 4, device=device)
+    upstream = torch.randn(2, channels, 4, 4, device=device)
+    grads = []
+    for m in (module, reference):
+        xi = x.clone().requires_grad_()
+        out = m(xi)
+        (out * upstream).sum().backward()
+        grads.append((out.detach(), xi.grad))
+    np.testing.assert_array_equal(grads[0][0].cpu().numpy(), second.transform(x.cpu().numpy(), channel_axis=1))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    np.testing.assert_array_equal(module.codebook.codes_, second.codes_)
+    assert module.codebook.metric == "l1"
+    assert not np.array_equal(first.codes_, second.codes_)  # the user's codebook is left alone
+
+
+def test_codebook_follows_in_place_writes_and_keeps_identity_otherwise():
+    book = _codebook(1, "linf", k=3)
+    module = Discretize(book)
+    assert module.codebook is book  # unchanged codes: the given codebook itself
+    with torch.no_grad():
+        module.codes.copy_(torch.tensor([[0.0], [0.5], [1.0]]))
+    assert module.codebook is not book
+    np.testing.assert_array_equal(module.codebook.codes_[:, 0], [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(module(torch.tensor([[0.2, 0.3, 0.9]])).numpy(), [[0.0, 0.5, 1.0]])
