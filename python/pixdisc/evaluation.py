@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .attacks import (AttackResult, AttackSpec, _as_images, _as_labels, contains_discretize, cw_margin_loss,
-                      evaluate_robustness)
+from .attacks import AttackResult, AttackSpec, contains_discretize, cw_margin_loss, evaluate_robustness
+from .attacks.base import _as_images, _as_labels
 from .certification import Budget, CertifyResult, certify
 
 __all__ = ["RobustnessInterval", "robustness_interval", "STATUSES", "DEFAULT_CERTIFY_BUDGET"]

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .attacks import (AttackResult, _as_images, _as_labels, _check_logits, _generator, cw_margin_loss,
-                      result_from_inputs)
+from .attacks import AttackResult, cw_margin_loss, result_from_inputs
+from .attacks.base import _as_images, _as_labels, _check_logits, _generator
 from .realize import pixel_options, within_eps
 
 __all__ = ["SearchBudget", "sx_attack", "split_defended"]

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .attacks import _as_images, _as_labels, _derive_seed, pgd_perturb
+from .attacks import pgd_perturb
+from .attacks.base import _as_images, _as_labels, _derive_seed
 from .models import _atomic_torch_save, _safe_torch_load, build_model
 
 __all__ = [
