@@ -99,13 +99,13 @@ def test_undefended_model_has_no_floor():
 def test_a_network_the_bounds_cannot_walk_has_no_floor_and_says_why():
     x, y, model = _problem(seed=4, n=6)
 
-    class Custom(torch.nn.Module):  # forward overridden: bound propagation does not trust it
+    class Custom(torch.nn.Module):  # an operation (sin) no bound rule covers
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
 
         def forward(self, x):
-            return self.inner(x)
+            return torch.sin(self.inner(x))
 
     wrapped = torch.nn.Sequential(model[0], Custom(model[1])).eval()
     interval = robustness_interval(wrapped, x, y, 0.1, attacks=[_no_attack], progress=False)
