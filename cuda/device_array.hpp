@@ -64,7 +64,7 @@ inline DeviceArray read_array(const py::handle& obj, const std::string& name) {
   a.typestr = cai["typestr"].cast<std::string>();
   a.data = reinterpret_cast<void*>(cai["data"].cast<py::tuple>()[0].cast<uintptr_t>());
   if (cai.contains("mask") && !cai["mask"].is_none()) throw py::value_error(name + " must not be a masked array");
-  if (cai.contains("strides") && !cai["strides"].is_none()) {
+  if (cai.contains("strides") && !cai["strides"].is_none() && a.size() > 0) {
     // C-contiguous strides may still be spelled out; axes of extent 1 have any stride.
     const auto strides = cai["strides"].cast<py::tuple>();
     int64_t expect = static_cast<int64_t>(std::stoi(a.typestr.substr(2)));

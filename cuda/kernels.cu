@@ -204,6 +204,13 @@ int pointer_device(const void* p, const char* name) {
   return attributes.device;
 }
 
+// Where an out-of-range pixel was, when an unchecked call may have seen it.
+constexpr const char* kEarlier =
+    " in an earlier unchecked call on this codebook (a Discretize forward pass; its output holds NaN there)";
+constexpr const char* kThisOrEarlier =
+    " in this call or an earlier unchecked one on this codebook (a Discretize forward pass; its output holds NaN "
+    "there)";
+
 DeviceNearestIndex::DeviceNearestIndex(const float* codes, int k, int channels, int metric, int device)
     : k_(k), channels_(channels), metric_(metric), device_(device) {
   if (k <= 0) throw std::invalid_argument("the codebook is empty");
@@ -253,15 +260,12 @@ void DeviceNearestIndex::release() {
   cudaGetLastError();
 }
 
-void DeviceNearestIndex::report(bool earlier) {
+void DeviceNearestIndex::report(const char* where) {
   if (!*host_bad_) return;
   *host_bad_ = 0;
   check(cudaMemset(bad_, 0, sizeof(int)), "cudaMemset (flag)");
   throw std::invalid_argument(std::string("pixel values must lie in [0, 1] (float input); found NaN, inf or a value "
-                                          "outside") +
-                              (earlier ? " in an earlier unchecked call on this codebook (a Discretize forward "
-                                         "pass: its output holds NaN there)"
-                                       : ""));
+                                          "outside") + where);
 }
 
 void DeviceNearestIndex::run(const void* x, bool x_is_u8, int64_t outer, int64_t inner, int32_t* index, void* out,
@@ -272,7 +276,7 @@ void DeviceNearestIndex::run(const void* x, bool x_is_u8, int64_t outer, int64_t
   auto copied = static_cast<cudaEvent_t>(copied_);
   if (pending_ && cudaEventQuery(copied) == cudaSuccess) {  // never waits
     pending_ = false;
-    report(true);
+    report(kEarlier);
   }
   if (outer * inner > 0) {
     if (x_is_u8) {
@@ -294,7 +298,7 @@ void DeviceNearestIndex::run(const void* x, bool x_is_u8, int64_t outer, int64_t
   check(cudaEventSynchronize(copied), "nearest_kernel");
   const bool earlier = pending_;
   pending_ = false;
-  report(earlier);
+  report(earlier ? kThisOrEarlier : "");
 }
 
 bool histogram(const void* x, bool x_is_u8, int64_t outer, int channels, int64_t inner, int64_t* table,

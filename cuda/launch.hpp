@@ -49,7 +49,7 @@ class DeviceNearestIndex {
 
  private:
   void release();             // frees what the constructor allocated; never throws
-  void report(bool earlier);  // throws when the host copy of the flag is up, after lowering both
+  void report(const char* where);  // throws when the host copy of the flag is up, after lowering both
   int k_, channels_, metric_, device_;
   float* codes_ = nullptr;
   uint8_t* codes_u8_ = nullptr;

@@ -259,3 +259,36 @@ def test_neighbourhood_sizes_host_path():
         _native.neighbourhood_sizes(np.full(3, 0.5, np.float32), 1, 3, 1, 1)
     with pytest.raises(ValueError, match="radius"):
         _native.neighbourhood_sizes(x.reshape(-1), 500, 3, 1, -1)
+
+
+# --------------------------------------------------------------------------
+# The CUDA bindings' own checks run before any memory is touched, so they are
+# testable wherever the CUDA module is built, GPU or not.
+
+needs_cuda_module = pytest.mark.skipif(_native._cuda is None, reason="pixdisc was built without its CUDA module")
+
+
+class _Interface:
+    def __init__(self, shape, typestr, strides=None, data=0):
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "data": (data, False), "version": 3,
+                                         "strides": strides}
+
+
+@needs_cuda_module
+def test_cuda_bindings_check_dtype_shape_and_layout_first():
+    cuda = _native._cuda
+    with pytest.raises(ValueError, match="int64 CUDA array, got typestr=<i4"):
+        cuda.summed_area_table(_Interface((0,), "<i4"), 0)
+    with pytest.raises(ValueError, match="256 or 256\\^3"):
+        cuda.summed_area_table(_Interface((0,), "<i8"), 0)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        cuda.summed_area_table(_Interface((256, 3), "<i8", strides=(8, 2048), data=8), 0)
+    with pytest.raises(TypeError, match="__cuda_array_interface__"):
+        cuda.summed_area_table(np.zeros(256, np.int64), 0)
+    host = np.zeros(256, np.int64)
+    with pytest.raises(ValueError, match="host memory|not CUDA memory"):
+        cuda.summed_area_table(_Interface((256,), "<i8", data=host.ctypes.data), 0)
+    with pytest.raises(ValueError, match="float32 \\(k, C\\) host array"):
+        cuda.NearestIndex(np.zeros((2, 3), np.float64), 0, 0)
+    with pytest.raises(ValueError, match="1 to 4"):
+        cuda.NearestIndex(np.zeros((2, 5), np.float32), 0, 0)
