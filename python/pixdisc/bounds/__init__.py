@@ -41,6 +41,7 @@ __all__ = [
     "margin_matrix",
 ]
 
+
 def interval_bounds(
     net: nn.Module, lower: Tensor, upper: Tensor, C: Optional[Tensor] = None, *, dtype: Optional[torch.dtype] = None
 ) -> Tuple[Tensor, Tensor]:
@@ -98,7 +99,11 @@ def crown_bounds(
     Shapes, ``C`` and ``dtype`` as in ``interval_bounds``; the same caveat on
     floating-point rounding applies. Conv layers are handled in patch form
     (each neuron's receptive field only) and the work is chunked so that a
-    chunk's largest coefficient tensor stays near ``_CHUNK_BYTES``.
+    chunk's largest coefficient tensor stays near ``_CHUNK_BYTES``. Over a
+    traced graph the backward pass visits values in reverse topological
+    order: a value read by several ops (a residual block's input) sums their
+    shares, kept in patch form when the branches' windows nest, and a
+    ``torch.cat`` splits its share among its inputs.
     Differentiable with respect to the parameters; wrap calls in
     ``torch.no_grad()`` when no gradient is needed, or autograd keeps every
     chunk alive.
