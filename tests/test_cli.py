@@ -1,6 +1,8 @@
 """The `pixdisc` command line: subcommands, reports, errors and exit codes."""
 
+import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,13 +30,20 @@ def test_codes_from_npy_all_methods(tmp_path, capsys):
     assert "codes" in capsys.readouterr().out
 
 
+def _usage_error(argv, message, capsys):
+    """Bad usage exits 2 with the subcommand's usage line and a message."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: pixdisc" in err and message in err, err
+
+
 def test_codes_errors_are_messages(tmp_path, capsys):
     assert cli.main(["codes", "--npy", str(tmp_path / "missing.npy"), "-r", "0.1"]) == 1
     assert "missing.npy" in capsys.readouterr().err
-    assert cli.main(["codes", "-k", "0", "-r", "0.1", "-o", str(tmp_path / "c.npz")]) == 1
-    assert "k must be a positive integer" in capsys.readouterr().err
-    assert cli.main(["codes", "-o", str(tmp_path / "c.npz")]) == 1
-    assert "--radius" in capsys.readouterr().err
+    _usage_error(["codes", "-k", "0", "-r", "0.1", "-o", str(tmp_path / "c.npz")], "0 is not an integer >= 1", capsys)
+    _usage_error(["codes", "-o", str(tmp_path / "c.npz")], "--radius", capsys)
     np.save(tmp_path / "obj.npy", np.array([object()], dtype=object), allow_pickle=True)
     assert cli.main(["codes", "--npy", str(tmp_path / "obj.npy"), "-r", "0.1"]) == 1
     assert "obj.npy" in capsys.readouterr().err
@@ -140,12 +149,10 @@ def test_data_and_shape_errors_are_messages(digits_models, tmp_path, capsys):
     assert "nowhere" in err and "IDX" in err
     assert cli.main(["train", "--dataset", "cifar10", "-o", str(tmp_path / "m.pt")]) == 1
     assert "--data-dir" in capsys.readouterr().err
-    assert cli.main(["train", "--dataset", "digits", "--setting", "disc_adv_re", "-o", str(tmp_path / "m.pt")]) == 1
-    assert "--codebook" in capsys.readouterr().err
-    assert cli.main(["attack", str(natural), "--attacks", "fgsm"]) == 1
-    assert "--attacks" in capsys.readouterr().err
-    assert cli.main(["evaluate", "--dataset", "imagenet_dev"]) == 1
-    assert "-k and -r" in capsys.readouterr().err
+    _usage_error(["train", "--dataset", "digits", "--setting", "disc_adv_re", "-o", str(tmp_path / "m.pt")],
+                 "--codebook", capsys)
+    _usage_error(["attack", str(natural), "--attacks", "fgsm"], "--attacks takes", capsys)
+    _usage_error(["evaluate", "--dataset", "imagenet_dev"], "-k and -r", capsys)
     for usage in (["attack"], ["train", "--setting", "bogus"], ["demo", "--bogus"]):
         with pytest.raises(SystemExit) as exc:
             cli.main(usage)
@@ -174,7 +181,104 @@ def test_certified_training_then_certify_cli(tmp_path, capsys):
     (row,) = json.loads(capsys.readouterr().out)
     assert row["n"] == 40 and row["certified"] + row["failed"] + row["unable"] == 40
     assert len((tmp_path / "run.jsonl").read_text().splitlines()) == 41
-    assert cli.main(["train", "--dataset", "digits", "--mode", "certified", "-o", str(model)]) == 1
-    assert "--eps" in capsys.readouterr().err
+    _usage_error(["train", "--dataset", "digits", "--mode", "certified", "-o", str(tmp_path / "other.pt")], "--eps",
+                 capsys)
     assert cli.main(["certify", "--model", str(tmp_path / "nope.pt"), "--codes", str(codes), "--eps", "0.1"]) == 1
     assert "nope.pt" in capsys.readouterr().err
+
+
+# --- one vocabulary: the same flag for the same thing, help everywhere, nonsense refused ----------
+
+
+def _subparsers():
+    parser = cli.build_parser()
+    (sub,) = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    return parser, sub.choices
+
+
+def test_every_option_has_help_and_the_shared_names():
+    parser, commands = _subparsers()
+    for name, command in commands.items():
+        for action in command._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"pixdisc {name} {action.option_strings or action.dest} has no help text"
+        flags = {flag for action in command._actions for flag in action.option_strings}
+        assert "--out" not in flags or "--output" in flags, name  # --out only as an alias of -o/--output
+        if name in ("evaluate", "demo", "reproduce", "codes", "train"):
+            assert {"-o", "--output"} <= flags, name
+        if name in ("train", "attack", "evaluate", "certify"):
+            assert "--codebook" in flags, name
+        if name in ("train", "certify"):
+            assert "--checkpoint" in flags, name
+        if "--dataset" in flags:
+            (dataset,) = [a for a in command._actions if "--dataset" in a.option_strings]
+            assert "fashion_mnist" in dataset.help and "cifar10" in dataset.help, name
+
+
+def test_model_codebook_checkpoint_spelled_the_same_in_attack_and_certify():
+    parser, _ = _subparsers()
+    new = parser.parse_args(["certify", "m.pt", "--codebook", "c.npz", "--eps", "0.1", "--checkpoint", "r.jsonl"])
+    old = parser.parse_args(["certify", "--model", "m.pt", "--codes", "c.npz", "--eps", "0.1", "--resume", "r.jsonl"])
+    assert (new.model, new.codebook, new.checkpoint) == (Path("m.pt"), Path("c.npz"), Path("r.jsonl"))
+    assert (old.model_option, old.codebook, old.checkpoint) == (Path("m.pt"), Path("c.npz"), Path("r.jsonl"))
+    attack = parser.parse_args(["attack", "m.pt", "--codebook", "c.npz"])
+    assert (attack.model, attack.codebook) == (Path("m.pt"), Path("c.npz"))
+    for command in (["demo", "-o", "x"], ["demo", "--output", "x"], ["demo", "--out", "x"],
+                    ["reproduce", "fig7", "--output", "x"], ["evaluate", "--out", "x"]):
+        assert parser.parse_args(command).output == Path("x"), command
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "0"], "argument --epochs: 0 is not an integer >= 1"),
+    (["attack", "m.pt", "--eps", "2"], "argument --eps: 2 is not a number in [0, 1]"),
+    (["certify", "m.pt", "--codebook", "c.npz", "--eps", "nan"], "argument --eps"),
+    (["certify", "m.pt", "--codebook", "c.npz", "--eps", "0.1", "--delta", "1"], "argument --delta"),
+    (["codes", "--dataset", "mnist6k"], "unknown data set 'mnist6k'; choose from mnist5k"),
+    (["certify", "m.pt", "--eps", "0.1"], "--codebook FILE is required"),
+    (["certify", "--codebook", "c.npz", "--eps", "0.1"], "the model file is required"),
+    (["certify", "a.pt", "--model", "b.pt", "--codebook", "c.npz", "--eps", "0.1"], "two model files"),
+    (["--threads", "0", "codes"], "argument --threads"),
+])
+def test_nonsense_and_missing_options_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: pixdisc" in err and message in err, err
+
+
+def test_existing_outputs_are_not_overwritten_without_force(tmp_path, capsys):
+    codes = tmp_path / "codes.npz"
+    assert cli.main(["codes", "--dataset", "digits", "-k", "2", "-r", "0.5", "-o", str(codes)]) == 0
+    before = codes.read_bytes()
+    _usage_error(["codes", "--dataset", "digits", "--method", "uniform", "-k", "4", "-o", str(codes)],
+                 "exists; pass --force", capsys)
+    assert codes.read_bytes() == before
+    assert cli.main(["codes", "--dataset", "digits", "--method", "uniform", "-k", "4", "-o", str(codes),
+                     "--force"]) == 0
+    assert codes.read_bytes() != before
+
+
+def test_internal_errors_exit_3_and_debug_shows_the_traceback(monkeypatch, capsys):
+    from pixdisc import __version__
+    from pixdisc.cli import codes as codes_command
+
+    def broken(args):
+        raise KeyError("an internal slip")
+
+    monkeypatch.setattr(codes_command, "_load_pixels", broken)
+    assert cli.main(["codes", "-r", "0.5", "-o", "unused.npz"]) == 3
+    err = capsys.readouterr().err
+    assert "internal error: KeyError" in err and f"bug in pixdisc {__version__}" in err and "--debug" in err
+    assert "Traceback" not in err
+    assert cli.main(["--debug", "codes", "-r", "0.5", "-o", "unused.npz"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "an internal slip" in err
+
+    def bad_input(args):
+        raise ValueError("x must lie in [0, 1]")
+
+    monkeypatch.setattr(codes_command, "_load_pixels", bad_input)
+    assert cli.main(["codes", "-r", "0.5", "-o", "unused.npz"]) == 1
+    assert "error: x must lie in [0, 1]" in capsys.readouterr().err

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from typing import Callable, List, Optional
 
 from . import attack, certify, codes, evaluate, reproduce, train
-from ._common import EXIT_INPUT_ERROR, EXIT_INTERRUPTED, CommandError, first_line
+from ._common import (EXIT_BUG, EXIT_INPUT_ERROR, EXIT_INTERRUPTED, CommandError, UsageError, check_device,
+                      first_line, positive_int)
 
 __all__ = ["main", "build_parser"]
 
@@ -20,19 +22,21 @@ _SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(prog="pixdisc", description="Pixel discretization as an adversarial-robustness defense.")
+    parser = argparse.ArgumentParser(prog="pixdisc",
+                                     description="Pixel discretization as an adversarial-robustness defense.")
     parser.add_argument("--version", action="version", version=f"pixdisc {__version__}")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="threads for the native kernels and for torch (default: all cores)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _SUBCOMMANDS:
         add(sub)
+    for command in sub.choices.values():
+        command.set_defaults(_parser=command)  # usage errors found after parsing print its usage line
     return parser
 
 
 def _set_threads(count: int) -> None:
-    if count < 1:
-        raise CommandError(f"--threads must be >= 1, got {count}")
     from .. import set_num_threads
 
     set_num_threads(count)
@@ -49,27 +53,61 @@ def _torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def _check_usage(args: argparse.Namespace) -> None:
+    """Checks argparse cannot express: the model file given once, required options with a second spelling."""
+    if getattr(args, "_needs_model", False):
+        given = [path for path in (args.model, args.model_option) if path is not None]
+        if not given:
+            raise UsageError("the model file is required (pixdisc COMMAND MODEL ...)")
+        if len(given) == 2 and given[0] != given[1]:
+            raise UsageError(f"two model files given ({given[0]} and --model {given[1]}); give one")
+        args.model = given[0]
+    if getattr(args, "_required_codebook", False) and args.codebook is None:
+        raise UsageError("--codebook FILE is required")
+
+
+def _is_input_error(exc: BaseException) -> bool:
+    """Errors about the user's data, files or environment (exit 1); anything else is a bug (exit 3)."""
+    from ..datasets import DatasetNotFoundError
+
+    # ValueError is what pixdisc raises for bad inputs; OSError covers files and disks;
+    # a missing optional dependency is an ImportError that names the extra to install.
+    return isinstance(exc, (CommandError, DatasetNotFoundError, ValueError, OSError, ImportError))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_usage(args)
+        check_device(getattr(args, "device", None) or ("cuda" if getattr(args, "cuda", False) else None))
         if args.threads is not None:
             _set_threads(args.threads)
         return int(args.func(args))
-    except (CommandError, ValueError, FileNotFoundError) as exc:
-        # Includes DatasetNotFoundError, whose lines say where we looked and how to get the data.
-        print(f"pixdisc {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
-    except (RuntimeError, OSError, ImportError) as exc:
-        # From deep inside torch or the OS: the first line says what went wrong; no traceback.
-        print(f"pixdisc {args.command}: error: {first_line(exc)}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
+    except UsageError as exc:
+        args._parser.error(str(exc))  # prints the usage line, exits 2
+        raise  # pragma: no cover - error() exits
     except KeyboardInterrupt:
         hint = ""
         if getattr(args, "checkpoint", None) is not None:
             hint = f"; run the same command again to resume from {args.checkpoint}"
         print(f"pixdisc {args.command}: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every error becomes a message and an exit code
+        if args.debug:
+            traceback.print_exc()
+        if _is_input_error(exc):
+            # Includes DatasetNotFoundError, whose lines say where we looked and how to get the data.
+            text = str(exc) if isinstance(exc, CommandError) or not str(exc).strip() else str(exc).strip()
+            print(f"pixdisc {args.command}: error: {text or type(exc).__name__}", file=sys.stderr)
+            return EXIT_INPUT_ERROR
+        from .. import __version__
+
+        print(f"pixdisc {args.command}: internal error: {type(exc).__name__}: {first_line(exc)}\n"
+              f"This is a bug in pixdisc {__version__}. "
+              + ("The traceback is above; " if args.debug else "Rerun with --debug for the traceback, and ")
+              + "please report it with the command you ran.", file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":  # pragma: no cover

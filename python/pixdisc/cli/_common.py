@@ -5,18 +5,116 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 
 # Exit codes: 0 success, 1 a data/input problem (message on stderr), 2 bad usage
-# (argparse), 130 interrupted (Ctrl-C, the shell's 128 + SIGINT).
-EXIT_OK, EXIT_INPUT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# (argparse, or a contradictory combination of options), 3 an internal error (a
+# bug: message, version, --debug for the traceback), 130 interrupted (Ctrl-C).
+EXIT_OK, EXIT_INPUT_ERROR, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class CommandError(Exception):
-    """A problem the user can fix; printed without a traceback."""
+    """A problem with the user's data or files; printed without a traceback, exit 1."""
+
+
+class UsageError(CommandError):
+    """Options that do not go together; printed with the subcommand's usage line, exit 2."""
+
+
+# ---------------------------------------------------------------- option types: nonsense is refused at parse time
+
+
+def _bounded(kind: type, low: float, high: Optional[float] = None, *, open_low: bool = False,
+             open_high: bool = False) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` parsed from text and checked against [low, high] (open ends as asked)."""
+    lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
+    wanted = f"a number in {lo}{low:g}, {'inf' if high is None else f'{high:g}'}{hi}" if kind is float else (
+        f"an integer >= {low:g}" if high is None else f"an integer in [{low:g}, {high:g}]")
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}") from None
+        bad_low = value <= low if open_low else value < low
+        bad_high = high is not None and (value >= high if open_high else value > high)
+        if bad_low or bad_high or value != value:  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"{text} is not {wanted}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _bounded(int, 1)
+nonnegative_int = _bounded(int, 0)
+unit_float = _bounded(float, 0.0, 1.0)  # eps and radii on the [0, 1] pixel scale
+positive_float = _bounded(float, 0.0, open_low=True)
+nonnegative_float = _bounded(float, 0.0)
+probability = _bounded(float, 0.0, 1.0, open_low=True, open_high=True)
+
+
+# ---------------------------------------------------------------- one vocabulary for the same thing everywhere
+
+
+def add_model_argument(p: argparse.ArgumentParser, help: str) -> None:
+    """The model file: positional; ``--model FILE`` is accepted as well (older spelling)."""
+    p.add_argument("model", type=Path, nargs="?", metavar="MODEL", help=help)
+    p.add_argument("--model", dest="model_option", type=Path, help=argparse.SUPPRESS)
+    p.set_defaults(_needs_model=True)
+
+
+def add_codebook_option(p: argparse.ArgumentParser, help: str, required: bool = False) -> None:
+    """``--codebook FILE`` (``--codes`` is accepted as well)."""
+    p.add_argument("--codebook", type=Path, metavar="FILE", help=help + (" (required)" if required else ""))
+    p.add_argument("--codes", dest="codebook", type=Path, help=argparse.SUPPRESS)
+    if required:
+        p.set_defaults(_required_codebook=True)
+
+
+def add_checkpoint_option(p: argparse.ArgumentParser, help: str) -> None:
+    """``--checkpoint FILE`` (``--resume`` is accepted as well)."""
+    p.add_argument("--checkpoint", type=Path, metavar="FILE", default=None, help=help)
+    p.add_argument("--resume", dest="checkpoint", type=Path, help=argparse.SUPPRESS)
+
+
+def add_output_option(p: argparse.ArgumentParser, default: Optional[Path], help: str) -> None:
+    """``-o/--output`` (``--out`` is accepted as well)."""
+    p.add_argument("-o", "--output", type=Path, default=default, metavar="PATH", help=help)
+    p.add_argument("--out", dest="output", type=Path, help=argparse.SUPPRESS)
+
+
+def add_force_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+
+
+def refuse_overwrite(path: Path, force: bool) -> None:
+    """Existing outputs are never replaced silently."""
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; pass --force to overwrite it or -o to write elsewhere")
+
+
+def dataset_name(text: str) -> str:
+    """An argparse type: a data set name of pixdisc.datasets.DATASETS (``-`` and ``_`` interchangeable)."""
+    from ..datasets import DATASETS
+
+    key = text.strip().lower().replace("-", "_")
+    if key not in DATASETS:
+        raise argparse.ArgumentTypeError(f"unknown data set {text!r}; choose from {', '.join(DATASETS)}")
+    return key
+
+
+def add_data_options(p: argparse.ArgumentParser, default: Optional[str] = "mnist5k",
+                     default_text: Optional[str] = None) -> None:
+    from ..datasets import DATASETS
+
+    default_text = default_text or ("mnist5k, the embedded MNIST subset" if default == "mnist5k" else str(default))
+    p.add_argument("--dataset", type=dataset_name, default=default, metavar="NAME",
+                   help=f"data set, one of {', '.join(DATASETS)} (default: {default_text})")
+    p.add_argument("--data-dir", type=Path, metavar="DIR", help="folder holding the data set's files")
 
 
 # torch is imported inside the helpers so that `pixdisc codes` works without it.
@@ -126,7 +224,7 @@ def attack_budget(dataset: str, eps: Optional[float], steps: Optional[int],
     defaults = DATASET_DEFAULTS.get(dataset_key(dataset))
     budget = PAPER_BUDGETS[defaults["budget"]] if defaults else None
     if budget is None and None in (eps, steps, step_size):
-        raise CommandError(f"no paper budget for data set {dataset!r}: pass --eps, --steps and --step-size")
+        raise UsageError(f"no paper budget for data set {dataset!r}: pass --eps, --steps and --step-size")
     eps = float(budget["eps"]) if eps is None else eps
     steps = int(budget["steps"]) if steps is None else steps
     step_size = float(budget["step_size"]) if step_size is None else step_size
@@ -141,7 +239,7 @@ def parse_attacks(text: str) -> List[str]:
     names = [name.strip().replace("-", "_").lower() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in SUITE]
     if unknown or not names:
-        raise CommandError(f"--attacks takes a comma-separated list of {', '.join(SUITE)}; got {text!r}")
+        raise UsageError(f"--attacks takes a comma-separated list of {', '.join(SUITE)}; got {text!r}")
     return names
 
 
@@ -156,9 +254,15 @@ def emit(args: argparse.Namespace, report: Dict[str, Any], text: List[str]) -> N
         print("\n".join(text))
 
 
-def add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="mnist5k", help="data set name (default: mnist5k, the embedded MNIST subset)")
-    p.add_argument("--data-dir", type=Path, help="where the data set's files are")
+def check_device(device: Optional[str]) -> None:
+    """A CUDA device asked for on a machine without one is the user's problem, not a crash inside torch."""
+    if device is None or not str(device).startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise CommandError(f"{device} was asked for, but no CUDA device is usable here (torch {torch.__version__}); "
+                           "run on the CPU (the default) or on a machine with a GPU")
 
 
 def add_report_options(p: argparse.ArgumentParser) -> None:

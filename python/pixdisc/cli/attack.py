@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any, Dict
 
 import numpy as np
 
-from ._common import CommandError, EXIT_OK, add_report_options, attack_budget, check_model_fits, dataset_key, defense_from_meta, emit, load_codebook_file, load_model_file, load_split, parse_attacks, percent, progress_enabled
+from ._common import (CommandError, EXIT_OK, UsageError, add_codebook_option, add_data_options, add_model_argument,
+                      add_report_options, attack_budget, check_model_fits, dataset_key, defense_from_meta, emit,
+                      load_codebook_file, load_model_file, load_split, nonnegative_float, nonnegative_int,
+                      parse_attacks, percent, positive_float, positive_int, progress_enabled, unit_float)
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
@@ -24,7 +26,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     model, meta = load_model_file(args.model, args.device)
     dataset = args.dataset or meta.get("dataset") or "mnist5k"
     if args.no_defense and args.codebook is not None:
-        raise CommandError("--no-defense and --codebook contradict each other")
+        raise UsageError("--no-defense and --codebook contradict each other")
     x, y, data = load_split(dataset, args.data_dir, args.split, args.limit)
     check_model_fits(model, x, data.num_classes, str(args.model))
     codebook = None
@@ -47,18 +49,12 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if not names:
         raise CommandError(f"none of the attacks {', '.join(requested)} applies to this model "
                            "(the S(x) search and Square need a discretizer; APGD and Square need torchattacks)")
-    if args.square_queries < 1 or args.certify_nodes < 1 or args.certify_seconds <= 0:
-        raise CommandError("--square-queries and --certify-nodes must be >= 1 and --certify-seconds > 0")
     specs = attack_specs(eps, steps, step_size, names, square_queries=args.square_queries, seed=args.seed)
     if args.restarts != 1:
-        if args.restarts < 1:
-            raise CommandError(f"--restarts must be >= 1, got {args.restarts}")
         for spec in specs:
             if isinstance(spec, dict) and spec["attack"] in ("pgd", "adam_sign"):
                 spec["restarts"] = args.restarts
                 spec["random_start"] = True
-    if args.batch_size < 1:
-        raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
     started = time.perf_counter()
     budget = None if args.no_certify else Budget(nodes=args.certify_nodes, seconds=args.certify_seconds,
                                                  exact_seconds=args.exact_seconds)
@@ -108,33 +104,37 @@ def add_attack(sub: argparse._SubParsersAction) -> None:
                        description="The strongest l_inf suite (behind a defense: the S(x) search, BPDA gradient "
                                    "attacks, APGD and Square); per-sample worst case over the attacks, and behind "
                                    "a defense the certified floor beside that ceiling.")
-    p.add_argument("model", type=Path, help="model file written by `pixdisc train` or `pixdisc evaluate`")
-    p.add_argument("--codebook", type=Path, help="put the model behind this codebook's discretization")
+    add_model_argument(p, "model file written by `pixdisc train` or `pixdisc evaluate`")
+    add_codebook_option(p, "put the model behind this codebook's discretization (default: the defense the model "
+                           "file records, if any)")
     p.add_argument("--no-defense", action="store_true",
                    help="attack the bare network even if the model file records a defense")
-    p.add_argument("--alpha", type=float, default=None, help="BPDA sharpness (default: recorded, else the paper's)")
-    p.add_argument("--bpda", choices=("soft", "identity"), default="soft")
-    p.add_argument("--dataset", default=None, help="data set (default: the one the model was trained on)")
-    p.add_argument("--data-dir", type=Path, help="where the data set's files are")
-    p.add_argument("--split", choices=("test", "train"), default="test")
-    p.add_argument("--limit", type=int, default=None, help="attack the first N images of the split")
+    p.add_argument("--alpha", type=positive_float, default=None,
+                   help="BPDA sharpness (default: recorded, else the paper's)")
+    p.add_argument("--bpda", choices=("soft", "identity"), default="soft",
+                   help="backward pass of the discretizer: soft (default) or identity (straight-through)")
+    add_data_options(p, default=None, default_text="the one the model was trained on")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="which split to attack (default: test)")
+    p.add_argument("--limit", type=positive_int, default=None, help="attack the first N images of the split")
     p.add_argument("--attacks", default=None,
                    help="comma-separated subset of sx, pgd_ce, pgd_cw, adam_sign, apgd_ce, apgd_dlr, square "
                         "(default: all that apply, in this order)")
-    p.add_argument("--eps", type=float, default=None, help="l_inf budget (default: the paper's for the data set)")
-    p.add_argument("--steps", type=int, default=None, help="steps of the gradient attacks (default: the paper's)")
-    p.add_argument("--step-size", type=float, default=None, help="step of PGD and Adam-sign (default: the paper's)")
-    p.add_argument("--restarts", type=int, default=1, help="random restarts of PGD and Adam-sign")
-    p.add_argument("--square-queries", type=int, default=1000, help="queries of the Square attack")
-    p.add_argument("--certify-nodes", type=int, default=20,
+    p.add_argument("--eps", type=unit_float, default=None, help="l_inf budget (default: the paper's for the data set)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="steps of the gradient attacks (default: the paper's)")
+    p.add_argument("--step-size", type=positive_float, default=None,
+                   help="step of PGD and Adam-sign (default: the paper's)")
+    p.add_argument("--restarts", type=positive_int, default=1, help="random restarts of PGD and Adam-sign (default 1)")
+    p.add_argument("--square-queries", type=positive_int, default=1000, help="queries of the Square attack")
+    p.add_argument("--certify-nodes", type=positive_int, default=20,
                    help="branch-and-bound nodes per image for the certified floor")
-    p.add_argument("--certify-seconds", type=float, default=0.5,
+    p.add_argument("--certify-seconds", type=positive_float, default=0.5,
                    help="seconds per image for the certified floor")
-    p.add_argument("--exact-seconds", type=float, default=0.0,
+    p.add_argument("--exact-seconds", type=nonnegative_float, default=0.0,
                    help="certify's exact stage (mixed-integer program over S(x)) per undecided image (default: off)")
     p.add_argument("--no-certify", action="store_true", help="report the attacked ceiling only")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=500, help="images per attack batch (default 500)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the attacks' random starts (default 0)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     add_report_options(p)
     p.set_defaults(func=cmd_attack)

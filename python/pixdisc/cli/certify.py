@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from ._common import EXIT_OK, load_codebook_file, load_model_file
+from ._common import (EXIT_OK, add_checkpoint_option, add_codebook_option, add_data_options, add_model_argument,
+                      add_report_options, load_codebook_file, load_model_file, nonnegative_float, positive_float,
+                      positive_int, probability, unit_float)
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
@@ -17,7 +19,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     from ..datasets import as_float_nchw, load_dataset
 
     net, _ = load_model_file(args.model, None)
-    codebook = load_codebook_file(args.codes)
+    codebook = load_codebook_file(args.codebook)
     data = load_dataset(args.dataset, args.data_dir)
     images, labels = (data.x_test, data.y_test) if args.split == "test" else (data.x_train, data.y_train)
     if args.limit is not None:
@@ -37,7 +39,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
                              budget=Budget(nodes=args.budget_nodes, seconds=args.budget_seconds,
                                            exact_seconds=args.exact_seconds),
                              executor=executor, workers=args.workers, delta=args.delta,
-                             checkpoint=_checkpoint_for(args.resume, eps, len(args.eps)),
+                             checkpoint=_checkpoint_for(args.checkpoint, eps, len(args.eps)),
                              progress=not (args.quiet or args.json), device="cuda" if args.cuda else "cpu")
             rows.append(result.summary())
     finally:
@@ -64,28 +66,31 @@ def _checkpoint_for(resume: Optional[Path], eps: float, n_eps: int) -> Optional[
 def add_certify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("certify", help="certify robustness of a model behind a codebook on a data set",
                        description="Certify F(T(x)) = y against every l_inf perturbation of size eps.")
-    p.add_argument("--model", type=Path, required=True, help="model file written by `pixdisc train`")
-    p.add_argument("--codes", type=Path, required=True, help="codebook (.npz from `pixdisc codes`, or .npy codes)")
-    p.add_argument("--dataset", default="mnist5k")
-    p.add_argument("--data-dir", type=Path)
-    p.add_argument("--split", choices=("train", "test"), default="test")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
-    p.add_argument("--eps", type=float, nargs="+", required=True, help="one or more budgets (pixel scale [0,1])")
-    p.add_argument("--mode", choices=("bab", "paper"), default="bab")
-    p.add_argument("--b", type=float, default=30, help="paper mode: unable when log2|S(x)| > b")
-    p.add_argument("--bound", choices=("crown", "ibp"), default="crown")
-    p.add_argument("--budget-nodes", type=int, default=2000)
-    p.add_argument("--budget-seconds", type=float, default=20.0)
-    p.add_argument("--exact-seconds", type=float, default=0.0,
+    add_model_argument(p, "model file written by `pixdisc train` (the network behind the codebook)")
+    add_codebook_option(p, "codebook (.npz from `pixdisc codes`, or .npy codes)", required=True)
+    add_data_options(p)
+    p.add_argument("--split", choices=("train", "test"), default="test", help="which split to certify (default: test)")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
+    p.add_argument("--eps", type=unit_float, nargs="+", required=True, help="one or more budgets (pixel scale [0,1])")
+    p.add_argument("--mode", choices=("bab", "paper"), default="bab",
+                   help="bab: bounds and branch and bound (default); paper: enumerate S(x) up to 2^b members")
+    p.add_argument("--b", type=nonnegative_float, default=30,
+                   help="paper mode: unable when log2|S(x)| > b (default 30)")
+    p.add_argument("--bound", choices=("crown", "ibp"), default="crown", help="bound of bab mode (default: crown)")
+    p.add_argument("--budget-nodes", type=positive_int, default=2000,
+                   help="bab mode: branch-and-bound nodes per image (default 2000)")
+    p.add_argument("--budget-seconds", type=positive_float, default=20.0,
+                   help="bab mode: seconds per image (default 20)")
+    p.add_argument("--exact-seconds", type=nonnegative_float, default=0.0,
                    help="then decide what is left by a mixed-integer program over S(x) (HiGHS) with this many "
                         "seconds per image (default 0: off)")
-    p.add_argument("--delta", type=float, default=0.01, help="failure probability of the lower bounds")
+    p.add_argument("--delta", type=probability, default=0.01, help="failure probability of the lower bounds")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--workers", type=int, default=None, help="local worker processes (default: all cores)")
-    group.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786) to run on a cluster")
-    p.add_argument("--resume", type=Path, default=None,
-                   help="append-only checkpoint (JSON lines); rerun with the same file to resume")
+    group.add_argument("--workers", type=positive_int, default=None, help="local worker processes (default: all cores)")
+    group.add_argument("--scheduler", metavar="ADDRESS",
+                       help="Dask scheduler address (tcp://host:8786) to run on a cluster")
+    add_checkpoint_option(p, "append-only checkpoint (JSON lines, one line per image); the same command with the "
+                             "same file resumes")
     p.add_argument("--cuda", action="store_true", help="run the model and enumeration on the GPU")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_report_options(p)
     p.set_defaults(func=cmd_certify)

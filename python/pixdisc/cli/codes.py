@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import CommandError, EXIT_OK
+from ._common import (CommandError, EXIT_OK, UsageError, add_force_option, add_output_option, dataset_name,
+                      nonnegative_int, positive_float, positive_int, refuse_overwrite, unit_float)
 
 
 def _load_pixels(args: argparse.Namespace) -> np.ndarray:
@@ -29,13 +30,12 @@ def _load_pixels(args: argparse.Namespace) -> np.ndarray:
     return np.concatenate([data.x_train, data.x_test])
 
 
-
 def _make_codebook(args: argparse.Namespace):
     import pixdisc
 
     if args.method == "density":
         if args.r is None:
-            raise CommandError("--method density needs -r/--radius")
+            raise UsageError("--method density needs -r/--radius")
         return pixdisc.DensityCodebook(args.k, args.r, metric=args.metric or "linf", kernel=args.kernel,
                                        bandwidth=args.bandwidth)
     if args.method == "kmedoids":
@@ -45,9 +45,9 @@ def _make_codebook(args: argparse.Namespace):
     return pixdisc.UniformCodebook(args.k, metric=args.metric or "l2")
 
 
-
 def cmd_codes(args: argparse.Namespace) -> int:
     """Fit a codebook, write it, print the codes."""
+    refuse_overwrite(args.output, args.force)
     x = _load_pixels(args)
     book = _make_codebook(args)
     book.fit(x, channel_axis=args.channel_axis)
@@ -76,26 +76,32 @@ def cmd_codes(args: argparse.Namespace) -> int:
 
 def add_codes(sub: argparse._SubParsersAction) -> None:
     from ..codebook import KERNELS, METRICS
+    from ..datasets import DATASETS
 
     p = sub.add_parser("codes", help="fit a codebook from a data set or an .npy file",
                        description="Fit a codebook of pixel values, write it as .npz and print the codes.")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--dataset", default="mnist5k",
-                     help="data set name (default: mnist5k, the embedded MNIST subset)")
-    src.add_argument("--npy", type=Path, help="fit on the pixels of this .npy array instead")
-    p.add_argument("--data-dir", type=Path, help="where the data set's files are")
-    p.add_argument("--split", choices=("train", "test", "all"), default="train")
-    p.add_argument("--method", choices=("density", "kmedoids", "kmeans", "uniform"), default="density")
-    p.add_argument("-k", type=int, default=2, help="number of codes (levels per channel for uniform)")
-    p.add_argument("-r", "--radius", dest="r", type=float, default=None,
+    src.add_argument("--dataset", type=dataset_name, default="mnist5k", metavar="NAME",
+                     help=f"data set, one of {', '.join(DATASETS)} (default: mnist5k, the embedded MNIST subset)")
+    src.add_argument("--npy", type=Path, metavar="FILE", help="fit on the pixels of this .npy array instead")
+    p.add_argument("--data-dir", type=Path, metavar="DIR", help="folder holding the data set's files")
+    p.add_argument("--split", choices=("train", "test", "all"), default="train",
+                   help="which images of the data set to fit on (default: train)")
+    p.add_argument("--method", choices=("density", "kmedoids", "kmeans", "uniform"), default="density",
+                   help="density: Algorithm 1 (needs -r); kmedoids: Algorithm 2; kmeans; uniform: colour-depth "
+                        "reduction (default: density)")
+    p.add_argument("-k", type=positive_int, default=2, help="number of codes (levels per channel for uniform)")
+    p.add_argument("-r", "--radius", dest="r", type=unit_float, default=None,
                    help="removal radius of Algorithm 1 (pixel scale [0,1]); required for density")
     p.add_argument("--metric", choices=METRICS, default=None,
                    help="default: linf (density, kmeans), l1 (kmedoids), l2 (uniform)")
-    p.add_argument("--kernel", choices=KERNELS, default="identity")
-    p.add_argument("--bandwidth", type=float, default=None, help="h for box, sigma for gaussian")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kernel", choices=KERNELS, default="identity",
+                   help="density kernel of Algorithm 1 (default: identity, the paper's counts)")
+    p.add_argument("--bandwidth", type=positive_float, default=None, help="h for box, sigma for gaussian")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed of kmedoids/kmeans (default 0)")
     p.add_argument("--channel-axis", type=int, default=None,
                    help="channel axis of the data (default: last; data sets are NHWC)")
-    p.add_argument("-o", "--output", type=Path, default=Path("codes.npz"))
+    add_output_option(p, Path("codes.npz"), "codebook file to write (default: codes.npz)")
+    add_force_option(p)
     p.add_argument("--json", action="store_true", help="print a JSON report instead of text")
     p.set_defaults(func=cmd_codes)

@@ -6,7 +6,10 @@ import argparse
 import time
 from pathlib import Path
 
-from ._common import CommandError, EXIT_OK, add_data_options, add_report_options, check_model_fits, emit, load_codebook_file, load_model_file, load_split, percent, progress_enabled, torch_from
+from ._common import (CommandError, EXIT_OK, UsageError, add_checkpoint_option, add_codebook_option, add_data_options,
+                      add_force_option, add_output_option, add_report_options, check_model_fits, emit,
+                      load_codebook_file, load_model_file, load_split, nonnegative_int, percent, positive_float,
+                      positive_int, progress_enabled, refuse_overwrite, torch_from, unit_float)
 
 
 def _resolve_setting(args: argparse.Namespace) -> str:
@@ -26,19 +29,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..plan import adversarial_recipe
     from ..train import train_setting
 
+    # Rerunning with an existing checkpoint continues the same run: its output may be replaced.
+    refuse_overwrite(args.output, args.force or (args.checkpoint is not None and args.checkpoint.exists()))
     if args.mode == "certified":
         return _train_certified(args)
     setting = _resolve_setting(args)
     defended = setting.startswith("disc_")
     if defended and args.codebook is None:
-        raise CommandError(f"setting {setting} needs --codebook FILE (make one with `pixdisc codes`)")
+        raise UsageError(f"setting {setting} needs --codebook FILE (make one with `pixdisc codes`)")
     if not defended and args.codebook is not None:
-        raise CommandError(f"setting {setting} has no defense; drop --codebook or pick a disc_* setting")
-    if args.epochs < 0:
-        raise CommandError(f"--epochs must be >= 0, got {args.epochs}")
+        raise UsageError(f"setting {setting} has no defense; drop --codebook or pick a disc_* setting")
     if args.base is not None and not defended:
-        raise CommandError(f"{setting} trains a network from scratch; --base is for the disc_* settings "
-                           "(disc_*_pre reuse it as is, disc_*_re start from it)")
+        raise UsageError(f"{setting} trains a network from scratch; --base is for the disc_* settings "
+                         "(disc_*_pre reuse it as is, disc_*_re start from it)")
     x_train, y_train, data = load_split(args.dataset, args.data_dir, "train", args.limit)
     x_test, y_test, _ = load_split(args.dataset, args.data_dir, "test", args.test_limit)
     codebook = defense = None
@@ -106,36 +109,40 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train a model for one of the paper's settings",
                        description="Train a network naturally or adversarially (Madry PGD), on raw or discretized "
-                                   "images, and write it as a model file.")
+                                   "images, or with bounds for certification, and write it as a model file.")
     add_data_options(p)
     p.add_argument("--arch", default=None, choices=("small_cnn", "cert_cnn", "madry_mnist", "mlp", "cifar_resnet"),
-                   help="default: small_cnn (cert_cnn for --mode certified)")
+                   help="network architecture (default: small_cnn; cert_cnn for --mode certified)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--setting", choices=SETTINGS, help="one of the paper's six settings")
     how.add_argument("--mode", choices=("natural", "adversarial", "certified"),
                      help="natural (default) or adversarial; with --codebook the network learns on discretized "
                           "images (disc_*_re). certified: bound-based training so that `pixdisc certify` succeeds "
                           "(with --codebook: over the box hull of S(x); without: plain IBP on the eps-box)")
-    p.add_argument("--codebook", type=Path, help="codebook file (.npz/.npy) for the disc_* settings")
-    p.add_argument("--alpha", type=float, default=10.0, help="BPDA sharpness (pixel scale [0,1]; default 10)")
-    p.add_argument("--bpda", choices=("soft", "identity"), default="soft")
-    p.add_argument("--base", type=Path, help="model file to start from (the pre-trained network of *_re settings)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--eps", type=float, default=None, help="adversarial training eps (default: the paper's)")
-    p.add_argument("--steps", type=int, default=None, help="PGD steps in adversarial training (default: the paper's)")
-    p.add_argument("--step-size", type=float, default=None, help="PGD step size (default: the paper's)")
-    p.add_argument("--limit", type=int, default=None, help="train on the first N training images")
-    p.add_argument("--test-limit", type=int, default=None, help="report accuracy on the first N test images")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="write a checkpoint after every epoch and resume from it if it exists")
-    p.add_argument("--seed", type=int, default=0)
+    add_codebook_option(p, "codebook file (.npz/.npy) for the disc_* settings")
+    p.add_argument("--alpha", type=positive_float, default=10.0, help="BPDA sharpness (pixel scale [0,1]; default 10)")
+    p.add_argument("--bpda", choices=("soft", "identity"), default="soft",
+                   help="backward pass of the discretizer in adversarial training (default: soft)")
+    p.add_argument("--base", type=Path, metavar="MODEL",
+                   help="model file to start from (the pre-trained network of *_re settings)")
+    p.add_argument("--epochs", type=positive_int, default=5, help="training epochs (default 5)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default 64)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--eps", type=unit_float, default=None,
+                   help="adversarial training eps (default: the paper's); required for --mode certified")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="PGD steps in adversarial training (default: the paper's)")
+    p.add_argument("--step-size", type=positive_float, default=None, help="PGD step size (default: the paper's)")
+    p.add_argument("--limit", type=positive_int, default=None, help="train on the first N training images")
+    p.add_argument("--test-limit", type=positive_int, default=None, help="report accuracy on the first N test images")
+    add_checkpoint_option(p, "write a checkpoint after every epoch (and when interrupted) and resume from it if it "
+                             "exists")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of initialisation and shuffling (default 0)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("-o", "--output", type=Path, default=Path("model.pt"))
+    add_output_option(p, Path("model.pt"), "model file to write (default: model.pt)")
+    add_force_option(p)
     add_report_options(p)
     p.set_defaults(func=cmd_train)
-
 
 
 def _train_certified(args: argparse.Namespace) -> int:
@@ -146,7 +153,7 @@ def _train_certified(args: argparse.Namespace) -> int:
     from ..train import train_certified
 
     if args.eps is None:
-        raise CommandError("--mode certified needs --eps, the budget the certificate should hold for")
+        raise UsageError("--mode certified needs --eps, the budget the certificate should hold for")
     x_train, y_train, data = load_split(args.dataset, args.data_dir, "train", args.limit)
     x_test, y_test, _ = load_split(args.dataset, args.data_dir, "test", args.test_limit)
     codebook = load_codebook_file(args.codebook) if args.codebook is not None else None
