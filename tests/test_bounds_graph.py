@@ -339,3 +339,30 @@ def test_certified_training_steps_on_a_graph_model(bound):
                                      kappa_end=0.0, bound=bound, batch_size=4, lr=1e-2, progress=False)
     assert np.isfinite(history["loss"]).all() and history["eps"][-1] == pytest.approx(0.05)
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_certified_training_of_a_cifar_resnet_with_batch_norm():
+    """Training-mode BatchNorm has no bound over a box: the bound uses the running statistics (eval mode),
+    the clean pass the batch's, and the model comes back trained and bounded like the certificate sees it."""
+    from pixdisc.train import train_certified
+
+    torch.manual_seed(0)
+    from pixdisc.models import cifar_resnet
+
+    model = cifar_resnet(depth=10, width=2, num_classes=2)
+    rng = np.random.default_rng(1)
+    x = rng.random((8, 3, 32, 32)).astype(np.float32)
+    y = (x.mean((1, 2, 3)) > 0.5).astype(np.int64)
+    running = [m.running_mean.clone() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    norms = [m.weight.detach().clone() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    model, history = train_certified(model, x, y, None, eps=0.01, epochs=1, warmup_epochs=0, ramp_epochs=1,
+                                     kappa_end=0.5, bound="ibp", batch_size=4, lr=1e-2, progress=False)
+    assert np.isfinite(history["loss"]).all() and not model.training
+    after = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert any(not torch.equal(r, m.running_mean) for r, m in zip(running, after))  # the clean pass updated them
+    assert any(not torch.equal(w, m.weight) for w, m in zip(norms, after))  # and the affine part learned
+    with torch.no_grad():
+        lower, upper = torch.from_numpy(x - 0.01).clamp(0, 1), torch.from_numpy(x + 0.01).clamp(0, 1)
+        low, high = interval_bounds(model, lower, upper)
+        out = model(torch.from_numpy(x))
+    assert (out >= low - 1e-4).all() and (out <= high + 1e-4).all()

@@ -420,6 +420,21 @@ def train_setting(
     return (defended, history) if return_history else defended
 
 
+@contextlib.contextmanager
+def _batchnorm_as_affine(model: nn.Module) -> Iterator[None]:
+    """BatchNorm in eval mode while bounding: a box has no batch statistics, so the bound (like the certificate
+    later) uses the running ones, which the clean forward pass of the same step keeps updating."""
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)
+             and module.training]
+    for module in norms:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module in norms:
+            module.train()
+
+
 def train_certified(
     model: nn.Module,
     x: Tensor | np.ndarray,
@@ -524,8 +539,10 @@ def train_certified(
                 logits = model(discrete)
                 loss = kappa * F.cross_entropy(logits, y_batch)
                 if kappa < 1.0:
-                    margins = margin_lower_bound(model, torch.from_numpy(lower).to(target_device),
-                                                 torch.from_numpy(upper).to(target_device), y_batch, method=bound)
+                    with _batchnorm_as_affine(model):
+                        margins = margin_lower_bound(model, torch.from_numpy(lower).to(target_device),
+                                                     torch.from_numpy(upper).to(target_device), y_batch,
+                                                     method=bound)
                     loss = loss + (1.0 - kappa) * F.cross_entropy(-margins, y_batch)
                     margins = margins.detach().scatter(1, y_batch[:, None], float("inf"))
                     verified += int((margins.min(dim=1).values > 0).sum())
