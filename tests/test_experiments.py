@@ -22,7 +22,8 @@ from pixdisc.experiments import (
     run_experiment,
 )
 from pixdisc.models import load_model
-from pixdisc.report import PAPER_TABLE_II, markdown_table, paper_reference, plot_accuracy, write_report
+from pixdisc.report import (PAPER_TABLE_II, markdown_table, paper_reference, plot_accuracy,
+                            write_report)
 from pixdisc.train import SETTINGS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -67,7 +68,8 @@ def test_demo_quick_runs_fast_and_reports(quick_demo):
     assert report["settings"]["nat_pre"]["floor"] is None
     assert report["codebook"]["codes_255"] == [[0], [253]]
     assert report["checks"]["codes_as_expected"]["passed"] is True
-    assert report["paper"]["settings"]["disc_adv_pre"] == {"clean_accuracy": 98.17, "robust_accuracy": 97.24}
+    # One unit in the file: the paper's percentages converted to fractions like ours.
+    assert report["paper"]["settings"]["disc_adv_pre"] == {"clean_accuracy": 0.9817, "robust_accuracy": 0.9724}
     assert report["attack"]["eps"] == 0.3
     assert [a["name"] for a in report["attack"]["attacks"]] == list(SUITE)
     assert set(report["versions"]) >= {"pixdisc", "torch", "numpy", "python"}
@@ -86,6 +88,13 @@ def test_demo_quick_writes_parseable_files(quick_demo):
     assert table[0].count("|") == table[1].count("|") == table[2].count("|")
     assert "ceiling (attacked)" in table[0] and "floor (certified)" in table[0] and "paper robust" in table[0]
     assert "arXiv:1805.07816" in markdown
+    # Quick runs say so; every accuracy is a fraction with its 95% interval around it.
+    assert "Quick run: reduced budgets, numbers not comparable" in markdown
+    for row in saved["settings"].values():
+        for key in ("clean_accuracy", "robust_accuracy"):
+            low, high = row["ci95"][key]
+            assert 0 <= low <= row[key] <= high <= 1
+        assert set(row["ci95"]["robust_after"]) == set(row["robust_after"])
     for name in ("accuracy.png", "robustness_vs_eps.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
     for setting in SETTINGS:
@@ -189,15 +198,7 @@ def test_paper_claims_pass_and_fail():
     assert not any(check["passed"] for check in check_paper_claims(bad).values())
 
 
-def test_markdown_and_plots_from_a_result(tmp_path):
-    result = _synthetic_result({name: 0.5 for name in SETTINGS})
-    table = markdown_table(result).splitlines()
-    assert table[0] == ("| setting | clean | PGD-CE | +PGD-CW | ceiling (attacked) | floor (certified) | undecided "
-                        "| paper clean | paper robust |")
-    assert table[2].startswith("| `nat_pre` | 98.0 | 51.0 | 50.0 | **50.0** | — | — | 99.17 | 0.00 |")
-    result["settings"]["disc_nat_pre"].update(floor=0.5, undecided=0, exact=True)
-    assert "| `disc_nat_pre` | 98.0 | 51.0 | 50.0 | **50.0** (exact) | 50.0 | 0 |" in markdown_table(result)
-    assert plot_accuracy(result, tmp_path / "a.png").read_bytes()[:8] == PNG_MAGIC
+def _make_reportable(result: dict) -> dict:
     result.update(config={}, codebook={"kind": "DensityCodebook", "params": {"k": 2, "r": 0.6, "metric": "linf"},
                                        "codes_255": [[0], [253]]},
                   defense={"alpha": 10.0, "bpda": "soft"},
@@ -205,7 +206,44 @@ def test_markdown_and_plots_from_a_result(tmp_path):
                             "retrain_epochs": 1, "adversarial_retrain_epochs": 1,
                             "adversarial": {"eps": 0.3, "steps": 10, "step_size": 0.04}},
                   checks={}, timings={"total": 1.0}, versions={"pixdisc": "0"})
+    return result
+
+
+def test_markdown_and_plots_from_a_result(tmp_path):
+    result = _synthetic_result({name: 0.5 for name in SETTINGS})
+    table = markdown_table(result).splitlines()
+    assert table[0] == ("| setting | clean | PGD-CE | +PGD-CW | ceiling (attacked) | floor (certified) | undecided "
+                        "| paper clean | paper robust |")
+    # Clean, ceiling and floor carry 95% Clopper-Pearson intervals over the n = 100 images.
+    clean, half = "98.0 (93.0–99.8)", "50.0 (39.8–60.2)"
+    assert table[2].startswith(f"| `nat_pre` | {clean} | 51.0 | 50.0 | **{half}** | — | — | 99.17 | 0.00 |")
+    result["settings"]["disc_nat_pre"].update(floor=0.5, undecided=0, exact=True)
+    assert f"| `disc_nat_pre` | {clean} | 51.0 | 50.0 | **{half}** (exact) | {half} | 0 |" in markdown_table(result)
+    assert plot_accuracy(result, tmp_path / "a.png").read_bytes()[:8] == PNG_MAGIC
+    _make_reportable(result)
     result["settings"]["nat_pre"]["clean_accuracy"] = float("nan")  # strict JSON: becomes null
     files = write_report(result, tmp_path / "report")
     assert json.loads(Path(files["json"]).read_text())["settings"]["nat_pre"]["clean_accuracy"] is None
     assert set(files) == {"json", "markdown", "accuracy_png", "eps_curve_png"}
+
+
+def test_quick_runs_are_marked_in_every_figure(monkeypatch, tmp_path):
+    import contextlib
+
+    from pixdisc.report import experiment as report_module
+
+    titles = []
+
+    @contextlib.contextmanager
+    def recording(path, size, title):
+        titles.append(title)
+        with real(path, size, title) as figure:
+            yield figure
+
+    real = report_module.png_figure
+    monkeypatch.setattr(report_module, "png_figure", recording)
+    result = _make_reportable(_synthetic_result({name: 0.5 for name in SETTINGS}))
+    for quick in (False, True):
+        titles.clear()
+        write_report({**result, "quick": quick}, tmp_path / str(quick))
+        assert len(titles) == 2 and all(("not comparable" in title) == quick for title in titles), titles

@@ -56,7 +56,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = config_for_dataset(key, QUICK_CONFIG if args.quick else DEMO_CONFIG, **overrides)
     out = args.output if args.output is not None else Path(f"pixdisc-{key}")
     return _run_and_report(args, lambda: run_experiment(config, out, codebook=codebook,
-                                                        progress=progress_enabled(args)))
+                                                        progress=progress_enabled(args),
+                                                        extra={"quick": args.quick}))
 
 
 def _run_and_report(args: argparse.Namespace, run: Callable[[], Dict[str, Any]]) -> int:

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 from .._files import write_text
 from .._plotting import png_figure
 from ..paper import PAPER_SOURCE, table_ii_settings
+from ..statistics import clopper_pearson_interval
 
 __all__ = [
     "PAPER_CITATION",
@@ -53,7 +54,7 @@ SETTING_LABELS: dict[str, str] = {
 
 
 def paper_reference(dataset: str) -> dict[str, Any] | None:
-    """The paper's Table II numbers for ``dataset`` (percent), or None where it has none."""
+    """The paper's Table II numbers for ``dataset`` as fractions (like ours), or None where it has none."""
     key = _PAPER_DATASET.get(dataset.strip().lower().replace("-", "_"))
     if key is None:
         return None
@@ -64,8 +65,9 @@ def paper_reference(dataset: str) -> dict[str, Any] | None:
         "k": entry["k"],
         "r": entry["r"],
         "source": PAPER_CITATION,
+        "unit": "fraction",
         "settings": {
-            name: {"clean_accuracy": clean, "robust_accuracy": robust}
+            name: {"clean_accuracy": round(clean / 100, 6), "robust_accuracy": round(robust / 100, 6)}
             for name, (clean, robust) in entry["settings"].items()
         },
     }
@@ -77,6 +79,44 @@ def _percent(value: float | None) -> str:
     return f"{100 * value:.1f}"
 
 
+def _paper_scale(paper: Mapping[str, Any]) -> float:
+    """Factor to percent: results.json files without a "unit" store the paper's numbers in percent."""
+    return 100.0 if paper.get("unit") == "fraction" else 1.0
+
+
+def accuracy_interval(value: float | None, n: int | None, confidence: float = 0.95) -> list[float] | None:
+    """Clopper-Pearson interval of an accuracy measured on ``n`` images (None when there is none)."""
+    if value is None or not n or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return [round(end, 6) for end in clopper_pearson_interval(int(round(value * n)), int(n), confidence)]
+
+
+def with_intervals(result: Mapping[str, Any]) -> dict[str, Any]:
+    """``result`` with ``ci95`` beside every accuracy of every setting (clean, each attack column, ceiling, floor)."""
+    out = dict(result)
+    settings = {}
+    for name, row in result.get("settings", {}).items():
+        n = row.get("n")
+        ci = {key: accuracy_interval(row.get(key), n) for key in ("clean_accuracy", "robust_accuracy", "floor")}
+        ci["robust_after"] = {attack: accuracy_interval(value, n)
+                              for attack, value in row.get("robust_after", {}).items()}
+        settings[name] = {**row, "ci95": ci}
+    out["settings"] = settings
+    return out
+
+
+def _percent_ci(value: float | None, n: int | None) -> str:
+    interval = accuracy_interval(value, n)
+    if interval is None:
+        return _percent(value)
+    return f"{_percent(value)} ({100 * interval[0]:.1f}–{100 * interval[1]:.1f})"
+
+
+def quick_label(result: Mapping[str, Any]) -> str:
+    """What marks a quick run in every file and figure ("" for a full run)."""
+    return "quick run: reduced budgets, numbers not comparable" if result.get("quick") else ""
+
+
 def markdown_table(result: Mapping[str, Any]) -> str:
     """The settings as a Markdown table: clean, robust after each attack, the attacked ceiling, the certified floor.
 
@@ -86,7 +126,8 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     the certificate's checked counterexamples. An attack that does not apply
     to a setting (the S(x) search and Square need a discretizer) shows "—".
     The certified floor and the undecided count sit beside the ceiling; where
-    nothing is undecided the robust accuracy is exact.
+    nothing is undecided the robust accuracy is exact. Clean accuracy,
+    ceiling and floor carry their 95% Clopper-Pearson intervals.
     """
     attacks = [(attack["name"], attack["label"]) for attack in result["attack"]["attacks"]]
     if any("certify" in row.get("robust_after", {}) for row in result["settings"].values()):
@@ -102,19 +143,21 @@ def markdown_table(result: Mapping[str, Any]) -> str:
         "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|",
     ]
     for name, row in result["settings"].items():
-        cells = [f"`{name}`", _percent(row["clean_accuracy"])]
+        n = row.get("n")
+        cells = [f"`{name}`", _percent_ci(row["clean_accuracy"], n)]
         cells += [_percent(row["robust_after"].get(attack)) for attack, _ in attacks]
         floor = row.get("floor")
         exact = " (exact)" if row.get("exact") else ""
-        cells.append(f"**{_percent(row['robust_accuracy'])}**{exact}")
-        cells.append(_percent(floor))
+        cells.append(f"**{_percent_ci(row['robust_accuracy'], n)}**{exact}")
+        cells.append(_percent_ci(floor, n))
         cells.append("—" if floor is None else str(row.get("undecided", "—")))
         if paper is not None:
             reference = paper["settings"].get(name)
             if reference is None:
                 cells += ["—", "—"]
             else:
-                cells += [f"{reference['clean_accuracy']:.2f}", f"{reference['robust_accuracy']:.2f}"]
+                scale = _paper_scale(paper)
+                cells += [f"{scale * reference['clean_accuracy']:.2f}", f"{scale * reference['robust_accuracy']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -134,7 +177,8 @@ def _describe(result: Mapping[str, Any]) -> list[str]:
         f"metric {book['params'].get('metric')} -> codes {{{codes}}}; BPDA `{defense['bpda']}`, "
         f"alpha={defense['alpha']:g}",
         f"- attacks (l_inf, eps={attack['eps']:g}; gradient attacks {attack['steps']} steps of "
-        f"{attack['step_size']:g}, through BPDA where the defense is present): {names}; accuracies in %",
+        f"{attack['step_size']:g}, through BPDA where the defense is present): {names}; accuracies in % "
+        f"with 95% Clopper-Pearson intervals in parentheses (results.json: fractions, `ci95` per accuracy)",
         f"- robust accuracy is an interval: the ceiling is what no attack broke, the floor what `certify` proved "
         f"(branch and bound, {_budget_text(attack.get('certify_budget'))} per image, on the images no attack "
         f"broke); where nothing is undecided it is exact",
@@ -163,6 +207,8 @@ def _training_summary(training: Mapping[str, Any]) -> str:
 def write_markdown(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """A Markdown report: what was run, the Table-II-style table, the qualitative checks and timings."""
     lines = [f"# pixdisc: the paper's six settings on `{result['dataset']['name']}`", ""]
+    if quick_label(result):
+        lines += [f"**{quick_label(result).capitalize()}**: a smoke run of every code path.", ""]
     lines += _describe(result)
     lines += ["", markdown_table(result), ""]
     paper = result.get("paper")
@@ -200,8 +246,8 @@ def write_markdown(result: Mapping[str, Any], path: str | os.PathLike[str]) -> P
 
 
 def write_json(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """The whole result as strict JSON (NaN becomes null), written atomically."""
-    text = json.dumps(_strict(result), indent=2, sort_keys=False, allow_nan=False)
+    """The whole result as strict JSON (NaN becomes null; every accuracy a fraction with its ``ci95``), atomically."""
+    text = json.dumps(_strict(with_intervals(result)), indent=2, sort_keys=False, allow_nan=False)
     return write_text(path, text + "\n")
 
 
@@ -224,13 +270,13 @@ def plot_accuracy(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Pa
     width = 0.38
     attack = result["attack"]
     title = (f"{result['dataset']['name']}: eps={attack['eps']:g}, {attack['steps']} steps, "
-             f"n={result['dataset']['n_test']}")
+             f"n={result['dataset']['n_test']}" + (f"\n({quick_label(result)})" if quick_label(result) else ""))
     with png_figure(path, (9, 4.5), title) as (_, axes):
         axes.bar([p - width / 2 for p in positions], clean, width, label="clean", color="#4c72b0")
         axes.bar([p + width / 2 for p in positions], robust, width, label="robust (worst case)", color="#dd8452")
         paper = result.get("paper")
         if paper is not None:
-            marks = [(p + width / 2, paper["settings"][name]["robust_accuracy"])
+            marks = [(p + width / 2, _paper_scale(paper) * paper["settings"][name]["robust_accuracy"])
                      for p, name in zip(positions, names) if name in paper["settings"]]
             if marks:
                 axes.scatter([m[0] for m in marks], [m[1] for m in marks], marker="_", s=400, color="black",
@@ -253,7 +299,8 @@ def plot_eps_curve(result: Mapping[str, Any], path: str | os.PathLike[str]) -> P
     curve = result.get("curve")
     if not curve or not curve.get("settings"):
         return None
-    title = f"{result['dataset']['name']}: PGD-CE, {curve['steps']} steps, n={curve['n']}"
+    title = (f"{result['dataset']['name']}: PGD-CE, {curve['steps']} steps, n={curve['n']}"
+             + (f"\n({quick_label(result)})" if quick_label(result) else ""))
     with png_figure(path, (6, 4.5), title) as (_, axes):
         for name, values in curve["settings"].items():
             axes.plot(curve["eps"], [100 * v for v in values], marker="o", label=name)
