@@ -22,7 +22,7 @@ COMMAND = "python -m pytest benchmarks/test_bench_core.py --benchmark-only --ben
 
 
 def _seconds(value: float) -> str:
-    return f"{value:.4f}" if value < 1 else f"{value:.3g}"
+    return f"{value:.4f}" if value < 1 else f"{value:#.3g}"
 
 
 def _ratio(value: float) -> str:
@@ -49,7 +49,7 @@ def _target(row: dict[str, Any], ours: dict[str, Any] | None, copy: dict[str, An
     if "bandwidth_share_at_least" in target and copy is not None:
         want = target["bandwidth_share_at_least"]
         share = copy["stats"]["median"] / median  # same bytes: time ratio = bandwidth ratio
-        return (f">= {100 * want:.0f}% of the all-thread copy bandwidth: "
+        return (f">= {100 * want:.0f}% of copy bandwidth (fastest copy row): "
                 f"{'met' if share >= want else 'not met'} ({100 * share:.0f}%)")
     return ""
 
@@ -75,7 +75,9 @@ def render(data: dict[str, Any]) -> str:
              "|---|---|---:|---:|---|"]
     for group, rows in groups.items():
         ours = next((r for r in rows if _is_ours(r)), None)
-        copy = next((r for r in rows if r.get("extra_info", {}).get("role") == "bandwidth"), None)
+        # The bandwidth yardstick is the fastest plain copy of the same bytes (one thread or all).
+        copy = min((r for r in rows if r.get("extra_info", {}).get("role") == "bandwidth"),
+                   key=lambda r: r["stats"]["median"], default=None)
         # A speed-up target holds against the best plain alternative: judged on the fastest row carrying it.
         best_baseline = min((r for r in rows if "speedup_at_least" in r.get("extra_info", {}).get("target", {})),
                             key=lambda r: r["stats"]["median"], default=None)
