@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import pixdisc
-from pixdisc import _backend, analysis
+from pixdisc import _native, analysis
 from pixdisc.candidates import log2_set_size
 from pixdisc.paper import table_iv
 
@@ -142,14 +142,14 @@ def test_summed_area_table_is_three_cumsums():
     rng = np.random.default_rng(6)
     table = rng.integers(0, 4, size=(256, 256, 256), dtype=np.int64)
     expected = table.cumsum(axis=0).cumsum(axis=1).cumsum(axis=2)
-    _backend._core.summed_area_table(table)
+    _native.summed_area_table(table)
     np.testing.assert_array_equal(table, expected)
     line = rng.integers(0, 100, size=256, dtype=np.int64)
     expected_line = line.cumsum()
-    _backend._core.summed_area_table(line)
+    _native.summed_area_table(line)
     np.testing.assert_array_equal(line, expected_line)
     with pytest.raises(ValueError):
-        _backend._core.summed_area_table(np.zeros((16, 16), np.int64))
+        _native.summed_area_table(np.zeros((16, 16), np.int64))
 
 
 def _edge_heavy_colours(rng, n):
@@ -166,9 +166,9 @@ def test_neighbourhood_counts_rgb_brute_force(radius):
     points = _edge_heavy_colours(rng, 1500)  # repeats included
     weights = rng.integers(0, 5, size=len(points)).astype(np.int64)
     queries = np.concatenate([_edge_heavy_colours(rng, 300), np.array([[0, 0, 0], [255, 255, 255]], np.uint8)])
-    got = _backend._core.neighbourhood_counts(points, weights, queries, radius)
+    got = _native.neighbourhood_counts(points, weights, queries, radius)
     np.testing.assert_array_equal(got, brute_neighbourhood(points, weights, queries, radius))
-    unweighted = _backend._core.neighbourhood_counts(points, None, queries, radius)
+    unweighted = _native.neighbourhood_counts(points, None, queries, radius)
     np.testing.assert_array_equal(unweighted, brute_neighbourhood(points, np.ones(len(points), np.int64), queries,
                                                                   radius))
 
@@ -178,22 +178,22 @@ def test_neighbourhood_counts_gray_brute_force(radius):
     rng = np.random.default_rng(100 + radius)
     points = rng.choice(np.r_[0, 1, 255, 254, rng.integers(0, 256, 20)], size=(500, 1)).astype(np.uint8)
     queries = np.arange(256, dtype=np.uint8)[:, None]
-    got = _backend._core.neighbourhood_counts(points, None, queries, radius)
+    got = _native.neighbourhood_counts(points, None, queries, radius)
     np.testing.assert_array_equal(got, brute_neighbourhood(points, np.ones(500, np.int64), queries, radius))
 
 
 def test_neighbourhood_counts_rejects_bad_input():
     p = np.zeros((3, 3), np.uint8)
     with pytest.raises(ValueError):
-        _backend._core.neighbourhood_counts(p, None, p, -1)
+        _native.neighbourhood_counts(p, None, p, -1)
     with pytest.raises(ValueError):
-        _backend._core.neighbourhood_counts(p.astype(np.int32), None, p, 1)
+        _native.neighbourhood_counts(p.astype(np.int32), None, p, 1)
     with pytest.raises(ValueError):
-        _backend._core.neighbourhood_counts(np.zeros((3, 2), np.uint8), None, np.zeros((3, 2), np.uint8), 1)
+        _native.neighbourhood_counts(np.zeros((3, 2), np.uint8), None, np.zeros((3, 2), np.uint8), 1)
     with pytest.raises(ValueError):
-        _backend._core.neighbourhood_counts(p, np.ones(2, np.int64), p, 1)
+        _native.neighbourhood_counts(p, np.ones(2, np.int64), p, 1)
     with pytest.raises(ValueError):
-        _backend._core.neighbourhood_counts(p, -np.ones(3, np.int64), p, 1)
+        _native.neighbourhood_counts(p, -np.ones(3, np.int64), p, 1)
 
 
 @pytest.mark.parametrize("eps", [0.0, 1 / 255, 8 / 255, 0.5, 1.0])
