@@ -179,6 +179,6 @@ def _train_certified(args: argparse.Namespace) -> int:
     emit(args, report, [f"certified training ({arch}, eps={args.eps}) on {data.name}: {seconds:.1f} s, "
                          f"clean test accuracy {percent(test_accuracy)}"
                          + (" on discretized images" if codebook is not None else ""),
-                         f"model written to {args.output}; check it with `pixdisc certify --model {args.output} "
-                         f"--codes CODES --eps {args.eps}`"])
+                         f"model written to {args.output}; check it with `pixdisc certify {args.output} "
+                         f"--codebook CODES --eps {args.eps}`"])
     return EXIT_OK
