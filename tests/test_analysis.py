@@ -356,6 +356,7 @@ def _is_png(path):
 
 
 def test_plots_write_png(tmp_path):
+    pytest.importorskip("matplotlib")
     rng = np.random.default_rng(10)
     paths = [
         analysis.plot_fragmentation_cdf({"MNIST": rng.random(50) * 0.1, "CIFAR-10": rng.random(50)},

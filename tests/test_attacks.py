@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
-import torch
-import torchattacks
+
+torch = pytest.importorskip("torch")
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
@@ -356,6 +356,7 @@ def test_evaluate_robustness_input_checks():
 
 
 def test_torchattacks_on_stand_in_defended_model():
+    torchattacks = pytest.importorskip("torchattacks")
     torch.manual_seed(0)
     network = build_model("small_cnn", width=4, hidden=16, input_size=8).eval()
     defended = nn.Sequential(StandInDefense(), network).eval()

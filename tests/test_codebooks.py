@@ -328,7 +328,7 @@ SKLEARN_ESTIMATORS = [
 
 @pytest.mark.parametrize("make", SKLEARN_ESTIMATORS)
 def test_sklearn_clone_copies_parameters_not_the_fit(make, rng):
-    from sklearn.base import clone
+    clone = pytest.importorskip("sklearn.base").clone
 
     x = rng.integers(0, 256, size=(20, 6, 6), dtype=np.uint8)
     book = make().fit(x)
@@ -361,6 +361,7 @@ def test_set_params_validates_and_resets_a_learned_fit(rng):
 
 
 def test_codebooks_work_in_sklearn_pipelines_and_grid_search(rng):
+    pytest.importorskip("sklearn")
     from sklearn.model_selection import GridSearchCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import FunctionTransformer

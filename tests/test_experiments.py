@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("torch")
 from pixdisc import cli
 from pixdisc.attacks import SUITE
 from pixdisc.experiments import (

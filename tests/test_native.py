@@ -146,6 +146,7 @@ def test_host_and_cuda_arrays_do_not_mix():
 
 @pytest.mark.skipif(pixdisc.cuda_available(), reason="checks the message on machines without CUDA")
 def test_cuda_request_without_cuda_says_why():
+    pytest.importorskip("torch")
     with pytest.raises(RuntimeError, match="CUDA not available"):
         _native.require_cuda()
     with pytest.raises(RuntimeError, match="CUDA not available"):

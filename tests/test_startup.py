@@ -160,8 +160,8 @@ def test_help_and_lazy_names_work_without_torch_imported(tmp_path):
 def test_codes_on_digits_does_not_import_torch(tmp_path):
     pytest.importorskip("sklearn")
     code = ("import sys, pixdisc.cli\n"
-            "rc = pixdisc.cli.main(['codes', '--dataset', 'digits', '-k', '2', '-r', '0.3', '-o', 'codes.npz', "
-            "'--json'])\n"
+            "rc = pixdisc.cli.main(['--threads', '1', 'codes', '--dataset', 'digits', '-k', '2', '-r', '0.3',\n"
+            "                       '-o', 'codes.npz', '--json'])\n"
             "print(rc, 'torch' in sys.modules, file=sys.stderr)\n")
     result = _run(code, tmp_path / "cache", tmp_path)
     assert result.returncode == 0, result.stderr
@@ -191,3 +191,97 @@ def test_torch_layer_names_load_on_first_use():
     assert pixdisc.robustness_interval is robustness_interval
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         pixdisc.nonsense  # noqa: B018
+
+
+# --- packaging: every third-party import belongs to an extra; the suite skips what is missing ----------
+
+# Import name -> (extra, distribution); None: a core dependency.
+_IMPORTS = {
+    "numpy": (None, "numpy"),
+    "torch": ("torch", "torch"),
+    "tqdm": ("torch", "tqdm"),
+    "scipy": ("torch", "scipy"),
+    "matplotlib": ("torch", "matplotlib"),
+    "mlxtend": ("data", "mlxtend"),
+    "sklearn": ("data", "scikit-learn"),
+    "PIL": ("data", "Pillow"),
+    "torchattacks": ("integrations", "torchattacks"),
+    "art": ("integrations", "adversarial-robustness-toolbox"),
+    "distributed": ("distributed", "dask"),
+}
+# What a plain `pip install '.[test]'` lacks: the suite must skip, not error, without them.
+_NOT_IN_TEST_EXTRA = ("torch", "torchvision", "tqdm", "matplotlib", "mlxtend", "sklearn", "torchattacks", "art",
+                      "distributed", "dask")
+_PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def _third_party_imports() -> dict[str, set[str]]:
+    """Top-level names of every absolute import in the package (module level or inside functions)."""
+    import ast
+
+    import pixdisc
+
+    package = Path(pixdisc.__file__).resolve().parent
+    stdlib = set(getattr(sys, "stdlib_module_names", ())) or pytest.skip("needs Python >= 3.10")
+    found: dict[str, set[str]] = {}
+    for source in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in stdlib and top not in ("pixdisc", "__future__"):
+                    found.setdefault(top, set()).add(source.relative_to(package).as_posix())
+    return found
+
+
+def _requirement_names(requirements) -> set[str]:
+    import re
+
+    return {re.match(r"[A-Za-z0-9_.-]+", item).group(0).lower() for item in requirements}
+
+
+def test_every_import_is_in_the_extra_that_needs_it():
+    tomllib = pytest.importorskip("tomllib")
+    if not _PYPROJECT.is_file():
+        pytest.skip("runs from a source checkout")
+    project = tomllib.loads(_PYPROJECT.read_text(encoding="utf-8"))["project"]
+    extras = {name: _requirement_names(items) for name, items in project["optional-dependencies"].items()}
+    core = _requirement_names(project["dependencies"])
+    imports = _third_party_imports()
+    unclassified = {name: files for name, files in imports.items() if name not in _IMPORTS}
+    assert not unclassified, f"imports with no extra: {unclassified}; add them to pyproject.toml and _IMPORTS"
+    for name in imports:
+        extra, distribution = _IMPORTS[name]
+        where = core if extra is None else extras[extra]
+        assert distribution.lower() in where, f"{name} ({sorted(imports[name])}) needs {distribution} in [{extra}]"
+    # The torch layer imports tqdm at module level and summary() needs scipy.
+    assert {"torch", "tqdm", "scipy"} <= extras["torch"]
+    assert {"pytest", "hypothesis", "scipy"} <= extras["test"]
+    # [all] names every other extra, so that it installs every import.
+    (included,) = project["optional-dependencies"]["all"]
+    assert all(name in included for name in extras if name != "all"), included
+
+
+def test_suite_collects_without_the_optional_extras(tmp_path):
+    """As after `pip install '.[test]'`: the modules of other extras are missing; collecting the suite
+    must skip the files that need them instead of erroring."""
+    tests = Path(__file__).resolve().parent
+    code = (
+        "import importlib.abc, sys\n"
+        f"BLOCKED = {_NOT_IN_TEST_EXTRA!r}\n"
+        "class Missing(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r} (blocked)', name=name)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Missing())\n"
+        "import pytest\n"
+        f"sys.exit(pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', {str(tests)!r}]))\n"
+    )
+    result = _run(code, tmp_path / "cache", tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

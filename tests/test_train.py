@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from sklearn.datasets import load_digits
+
+torch = pytest.importorskip("torch")
+load_digits = pytest.importorskip("sklearn.datasets").load_digits
 from torch import Tensor, nn
 
 from pixdisc.attacks import pgd

@@ -36,11 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _set_threads(count: int) -> None:
+def _set_threads(count: int, command: str) -> None:
     from .. import set_num_threads
 
     set_num_threads(count)
-    if "torch" in sys.modules or _torch_available():
+    # `codes` never needs torch, and importing it only to set its threads costs seconds.
+    if "torch" in sys.modules or (command != "codes" and _torch_available()):
         import torch
 
         # On a shared or oversubscribed machine fewer torch threads can be much faster.
@@ -82,7 +83,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         _check_usage(args)
         check_device(getattr(args, "device", None) or ("cuda" if getattr(args, "cuda", False) else None))
         if args.threads is not None:
-            _set_threads(args.threads)
+            _set_threads(args.threads, args.command)
         return int(args.func(args))
     except UsageError as exc:
         args._parser.error(str(exc))  # prints the usage line, exits 2
