@@ -106,6 +106,16 @@ def run(demo: Path, n: int, settings: list[str], out: Path) -> dict[str, Any]:
     return data
 
 
+def _budget_label(data: dict[str, Any]) -> str:
+    """The certify budget the suite runs recorded ("20 nodes / 0.5 s"); one per setting if they differ."""
+    budgets = {setting: runs["suite"]["certify_budget"] for setting, runs in data["runs"].items()
+               if "certify_budget" in runs.get("suite", {})}
+    labels = {setting: f"{b['nodes']} nodes / {b['seconds']:g} s" for setting, b in budgets.items()}
+    if len(set(labels.values())) <= 1:
+        return next(iter(labels.values()), "budget not recorded")
+    return ", ".join(f"`{setting}` {label}" for setting, label in labels.items())
+
+
 def render(data: dict[str, Any]) -> str:
     """The Markdown report, from the JSON alone."""
     settings = list(data["runs"])
@@ -140,7 +150,7 @@ def render(data: dict[str, Any]) -> str:
         cost.append(f"{runs['sx']['seconds']:.0f} s vs {bpda:.0f} s" if "sx" in runs else "—")
     lines += ["| **default suite (ceiling)** | " + " | ".join(cells) + " |",
               "| certified floor (certify, same images) | " + " | ".join(floors) + " |",
-              "| undecided images (certify: CROWN, 20 nodes / 0.5 s per image) | " + " | ".join(undecided) + " |",
+              f"| undecided images (certify: CROWN, {_budget_label(data)} per image) | " + " | ".join(undecided) + " |",
               "| suite breaks every image any attack above breaks | " + " | ".join(checks) + " |",
               "| S(x) search vs the three BPDA attacks together | " + " | ".join(cost) + " |", ""]
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Neighbourhood sizes |N_inf(p, eps)| of every distinct colour (Fig. 6) against plain alternatives.
 
-Run: pytest benchmarks/test_bench_analysis.py --benchmark-only --benchmark-json=bench.json
+Run: python -m pytest benchmarks/test_bench_analysis.py --benchmark-only --benchmark-json=benchmarks/analysis.json
+(the README's analysis section is written from the JSON by benchmarks/readme_tables.py)
 
 Two groups. "all colours": every distinct colour of the CIFAR-size synthetic
 set (~4M colours of 51M pixels), pixdisc against the same summed-area-table
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 import pixdisc
-from pixdisc import analysis
+from pixdisc import _native, analysis
 
 from timing import sync_cuda
 
@@ -83,6 +84,7 @@ def test_all_colours_pixdisc(benchmark, cifar_train_images, reference_sizes):
     benchmark.extra_info["distinct_colours"] = int(len(sizes))
     benchmark.extra_info["colours_per_s"] = round(len(sizes) / benchmark.stats.stats.median)
     benchmark.extra_info["max_size"] = int(sizes.max())
+    benchmark.extra_info["eps_levels"] = RADIUS
 
 
 @pytest.mark.benchmark(group=ALL)
@@ -119,7 +121,7 @@ def test_subset_pixdisc(benchmark, cifar_train_images, colour_histogram, query_s
         # histogram, count table, summed-area table, then the queries.
         values, counts = pixdisc.pixel_histogram(cifar_train_images)
         points = np.rint(values * 255).astype(np.uint8)
-        return pixdisc._backend._core.neighbourhood_counts(points, counts, queries, RADIUS)
+        return _native.neighbourhood_counts(points, counts, queries, RADIUS)
 
     sizes = benchmark.pedantic(run, rounds=3)
     np.testing.assert_array_equal(sizes, reference_sizes[query_subset])
@@ -132,6 +134,7 @@ def test_subset_brute_force_numpy(benchmark, colour_histogram, query_subset, ref
     queries = colours[query_subset]
     sizes = benchmark.pedantic(brute_force_sizes, args=(colours, counts, queries, RADIUS), rounds=1)
     np.testing.assert_array_equal(sizes, reference_sizes[query_subset])
+    benchmark.extra_info["queries"] = SUBSET
     benchmark.extra_info["extrapolated_all_colours_s"] = round(
         benchmark.stats.stats.median * len(colours) / SUBSET, 1)
 
@@ -155,5 +158,6 @@ def test_subset_ckdtree(benchmark, colour_histogram, query_subset, reference_siz
     sizes = benchmark.pedantic(run, rounds=1)
     np.testing.assert_array_equal(sizes, reference_sizes[query_subset])
     benchmark.extra_info["tree_build_s"] = round(build, 2)
+    benchmark.extra_info["queries"] = SUBSET
     benchmark.extra_info["extrapolated_all_colours_s"] = round(
         build + benchmark.stats.stats.median * len(colours) / SUBSET, 1)

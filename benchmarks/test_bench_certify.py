@@ -1,18 +1,24 @@
 """Candidate generation and S(x) enumeration for the certificate (pytest-benchmark; CPU, and CUDA when present).
 
-Run: pytest benchmarks/test_bench_certify.py --benchmark-only
+Run (the README's certification section quotes the JSON, through benchmarks/readme_tables.py):
+
+    python -m pytest benchmarks/test_bench_certify.py --benchmark-only --benchmark-json=benchmarks/certify.json
 """
 
 import numpy as np
 import pytest
 
 import pixdisc
-from pixdisc import _backend
+from pixdisc import _native
 from pixdisc.candidates import candidate_sets
 
 from timing import sync_cuda
 
 CUDA = pixdisc.cuda_available()
+EPS = 0.3
+N_AMBIGUOUS = 16
+IMAGE = 784  # 28x28, one channel
+ENUMERATE = f"enumerate {1 << N_AMBIGUOUS:,} candidate images of S(x) ({N_AMBIGUOUS} ambiguous pixels, 28x28)"
 
 
 @pytest.fixture(scope="module")
@@ -23,47 +29,53 @@ def mnist_test():
     return as_float_nchw(data.x_test), pixdisc.DensityCodebook(2, 0.6).fit(data.x_train)
 
 
-@pytest.mark.benchmark(group="candidate sets, 1,000 MNIST test images (784k pixels), k=2, eps=0.3")
 @pytest.mark.parametrize("rule", ["exact", "sound"])
 def test_candidate_sets(benchmark, mnist_test, rule):
     x, book = mnist_test
-    sets = benchmark(candidate_sets, x, book, 0.3, rule=rule, channel_axis=1)
-    benchmark.extra_info["ambiguous_pixels"] = int((np.diff(sets.offsets) > 1).sum())
+    pixels = int(x.shape[0] * x.shape[2] * x.shape[3])
+    benchmark.group = (f"candidate sets, {x.shape[0]:,} MNIST test images ({pixels:,} pixels), "
+                       f"k={book.n_codes}, eps={EPS:g}")
+    sets = benchmark(candidate_sets, x, book, EPS, rule=rule, channel_axis=1)
+    benchmark.extra_info.update({"rule": rule, "images": int(x.shape[0]), "pixels": pixels, "eps": EPS,
+                                 "k": int(book.n_codes),
+                                 "ambiguous_pixels": int((np.diff(sets.offsets) > 1).sum())})
 
 
-def _problem(n_ambiguous=16):
+def _problem(n_ambiguous=N_AMBIGUOUS):
     codes = np.array([[0.0], [253 / 255]], np.float32)
-    base = np.zeros(784, np.float32)
-    positions = np.arange(0, 784, 784 // n_ambiguous, dtype=np.int64)[:n_ambiguous]
+    base = np.zeros(IMAGE, np.float32)
+    positions = np.arange(0, IMAGE, IMAGE // n_ambiguous, dtype=np.int64)[:n_ambiguous]
     offsets = np.arange(0, 2 * n_ambiguous + 1, 2, dtype=np.int64)
     members = np.tile(np.array([0, 1], np.int32), n_ambiguous)
     return codes, base, positions, offsets, members
 
 
-@pytest.mark.benchmark(group="enumerate 65,536 candidate images of S(x) (16 ambiguous pixels, 28x28)")
+def _enumerate_info(benchmark, device):
+    count = 1 << N_AMBIGUOUS
+    benchmark.extra_info.update({"device": device, "images": count, "ambiguous_pixels": N_AMBIGUOUS,
+                                 "image_pixels": IMAGE, "output_bytes": count * IMAGE * 4})
+
+
+@pytest.mark.benchmark(group=ENUMERATE)
 def test_enumerate_cpu(benchmark):
     codes, base, positions, offsets, members = _problem()
-    out = benchmark(_backend._core.enumerate_candidates, base, positions, 784, offsets, members, codes, 0, 1 << 16)
-    assert out.shape == (1 << 16, 784)
+    out = benchmark(_native.enumerate_candidates, base, positions, IMAGE, offsets, members, codes, 0, 1 << N_AMBIGUOUS)
+    assert out.shape == (1 << N_AMBIGUOUS, IMAGE)
+    _enumerate_info(benchmark, "cpu")
 
 
 @pytest.mark.skipif(not CUDA, reason="no CUDA device")
-@pytest.mark.benchmark(group="enumerate 65,536 candidate images of S(x) (16 ambiguous pixels, 28x28)")
+@pytest.mark.benchmark(group=ENUMERATE)
 def test_enumerate_cuda(benchmark):
-    import torch
-
     codes, base, positions, offsets, members = _problem()
-    strides = (1 << np.arange(16)).astype(np.int64)
-    dev = {k: torch.from_numpy(v).cuda() for k, v in dict(base=base, positions=positions, offsets=offsets,
-                                                           members=members, codes=codes, strides=strides).items()}
-    out = torch.empty((1 << 16, 784), device="cuda")
-    cuda = _backend.require_cuda()
+    # Uploads the sets and the mixed-radix strides once; each call writes a fresh batch on the device.
+    enumerator = _native.CandidateEnumerator(base, positions, IMAGE, offsets, members, codes, device="cuda")
 
     def run():
-        cuda.enumerate_candidates(dev["base"].data_ptr(), 784, dev["positions"].data_ptr(), 784,
-                                  dev["offsets"].data_ptr(), dev["strides"].data_ptr(), dev["members"].data_ptr(), 16,
-                                  dev["codes"].data_ptr(), 1, 0, 1 << 16, out.data_ptr(),
-                                  torch.cuda.current_stream().cuda_stream, 0)
+        out = enumerator(0, 1 << N_AMBIGUOUS)
         sync_cuda()
+        return out
 
-    benchmark(run)
+    out = benchmark(run)
+    assert tuple(out.shape) == (1 << N_AMBIGUOUS, IMAGE)
+    _enumerate_info(benchmark, "cuda")

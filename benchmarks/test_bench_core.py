@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import pixdisc
-from pixdisc import _backend
+from pixdisc import _native
 
 from timing import sync_cuda
 
@@ -46,7 +46,7 @@ def _numpy_rgb_keys(images):
 @pytest.mark.benchmark(group="gray histogram, 47M uint8 pixels")
 def test_gray_histogram_pixdisc(benchmark, mnist_train_pixels):
     _label(benchmark, "pixdisc")
-    counts = benchmark(_backend._core.histogram_gray_u8, mnist_train_pixels.reshape(-1))
+    counts = benchmark(_native.histogram_gray_u8, mnist_train_pixels.reshape(-1))
     assert counts.sum() == mnist_train_pixels.size
 
 
