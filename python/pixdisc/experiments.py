@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import platform
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -17,14 +19,15 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import __version__, datasets
+from ._files import write_text
 from .attacks import PAPER_BUDGETS, SUITE, applicable_attacks, attack_spec, evaluate_robustness
 from .certification import Budget
 from .codebook import Codebook, DensityCodebook
 from .discretize import Discretize
 from .evaluation import robustness_interval
-from .models import save_model
+from .models import load_model, save_model
 from .report import paper_reference, write_report
-from .plan import networks_to_train, train_settings
+from .plan import TRAINED_NETWORKS, networks_to_train, train_settings
 from .train import SETTINGS
 
 __all__ = [
@@ -280,8 +283,100 @@ def summarise_result(result: Any, attack_names: Sequence[str]) -> dict[str, Any]
     }
 
 
+# Config fields that change what is attacked or reported but not how a network is trained: changing them
+# keeps the saved networks of an output folder (everything else retrains).
+_EVALUATION_ONLY = ("eps", "steps", "step_size", "attacks", "square_queries", "certify_bound", "certify_nodes",
+                    "certify_seconds", "n_test", "eval_batch_size", "curve_eps", "curve_settings", "curve_steps",
+                    "curve_n", "settings")
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _data_digest(*arrays: Any) -> str:
+    h = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array.numpy() if isinstance(array, Tensor) else array)
+        h.update(f"{array.dtype}{array.shape}".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()[:16]
+
+
+class _Resume:
+    """The output folder as a cache, so that rerunning an interrupted run redoes nothing it finished.
+
+    Networks are saved to ``models/<name>.pt`` as each finishes (with the
+    training key and history in their meta), their training checkpoints
+    after every epoch go to ``cache/<key>/``, and each setting's attack
+    result and eps curve to ``cache/*.json``. Every artefact carries the key
+    of what produced it (config, codes, data): one written for another
+    configuration is never reused, it is computed again and replaced.
+    """
+
+    def __init__(self, folder: Path, train_key: str, eval_key: str, save_networks: bool,
+                 log: Callable[[str], None]) -> None:
+        self.folder = folder
+        self.train_key = train_key
+        self.eval_key = eval_key
+        self.save_networks = save_networks
+        self.log = log
+        self.reused: list[str] = []
+        self.meta: dict[str, dict[str, Any]] = {}  # per network: what its model file's meta says
+        self.train_seconds: dict[str, float] = {}  # per network: training time, the earlier run's when reused
+
+    def checkpoint(self, name: str) -> Path:
+        return self.folder / "cache" / f"train-{self.train_key}" / f"{name}.ckpt"
+
+    def store(self, name: str, train: Callable[[], Any]) -> tuple[nn.Module, dict[str, Any] | None]:
+        """The planner's store: a network this configuration already trained, else train it and save it now."""
+        path = self.folder / "models" / f"{name}.pt"
+        if self.save_networks and path.exists():
+            try:
+                network, meta = load_model(path, return_meta=True)  # type: ignore[misc]
+            except ValueError as error:  # a damaged file: train again
+                self.log(f"{path}: cannot be read ({error}); training {name} again")
+            else:
+                if meta.get("resume_key") == self.train_key:
+                    self.reused.append(f"models/{name}.pt")
+                    self.train_seconds[name] = float(meta.get("train_seconds") or 0.0)
+                    self.log(f"{name}: reusing {path} (trained by an earlier run of this configuration)")
+                    return network, meta.get("history")
+                self.log(f"{path} was trained for another configuration: training {name} again")
+        started = time.perf_counter()
+        network, history = train()
+        self.train_seconds[name] = time.perf_counter() - started
+        if self.save_networks:
+            save_model(network, path, meta={**self.meta.get(name, {"setting": name}), "resume_key": self.train_key,
+                                            "history": history, "train_seconds": self.train_seconds[name]})
+        checkpoint = self.checkpoint(name)
+        checkpoint.unlink(missing_ok=True)  # finished: the model file supersedes its epoch checkpoint
+        return network, history
+
+    def cached(self, name: str, compute: Callable[[], Any]) -> Any:
+        """``cache/<name>.json`` when this configuration wrote it, else compute and write it."""
+        path = self.folder / "cache" / f"{name}.json"
+        if path.exists():
+            try:
+                saved = json.loads(path.read_text())
+            except ValueError:
+                saved = None  # a torn write: compute again
+            if isinstance(saved, dict) and saved.get("key") == self.eval_key:
+                self.reused.append(f"cache/{name}.json")
+                return saved["value"]
+        value = compute()
+        write_text(path, json.dumps({"key": self.eval_key, "value": value}, default=_plain))
+        return value
+
+
 def _eps_curve(config: ExperimentConfig, models: Mapping[str, nn.Module], x_test: Tensor, y_test: Tensor,
-               stages: tqdm, progress: bool) -> dict[str, Any] | None:
+               stages: tqdm, progress: bool, resume: _Resume | None = None) -> dict[str, Any] | None:
     names = [name for name in config.curve_settings if name in models]
     if not config.curve_eps or not names:
         return None
@@ -290,16 +385,20 @@ def _eps_curve(config: ExperimentConfig, models: Mapping[str, nn.Module], x_test
                              "attack": "pgd_ce", "settings": {}}
     for name in names:
         stages.set_description(f"eps curve {name}")
-        values = []
-        for eps in config.curve_eps:
-            # Madry et al.'s rule of thumb: step = 2.5 eps / steps, so the attack can cross the ball.
-            step_size = 2.5 * eps / max(config.curve_steps, 1)
-            outcome = evaluate_robustness(
-                models[name], x_test[:count], y_test[:count], attack_specs(eps, config.curve_steps, step_size,
-                                                                           ["pgd_ce"]),
-                batch_size=config.eval_batch_size, seed=config.seed, eps=eps, keep_adv=False, progress=False)
-            values.append(outcome.robust_accuracy)
-        curve["settings"][name] = values
+
+        def compute(model: nn.Module = models[name]) -> list[float]:
+            values = []
+            for eps in config.curve_eps:
+                # Madry et al.'s rule of thumb: step = 2.5 eps / steps, so the attack can cross the ball.
+                step_size = 2.5 * eps / max(config.curve_steps, 1)
+                outcome = evaluate_robustness(
+                    model, x_test[:count], y_test[:count], attack_specs(eps, config.curve_steps, step_size,
+                                                                        ["pgd_ce"]),
+                    batch_size=config.eval_batch_size, seed=config.seed, eps=eps, keep_adv=False, progress=False)
+                values.append(outcome.robust_accuracy)
+            return values
+
+        curve["settings"][name] = compute() if resume is None else resume.cached(f"curve-{name}", compute)
         stages.update(1)
     return curve
 
@@ -367,6 +466,10 @@ def run_experiment(
     units of 1/255); ``extra`` is merged into the result as is.
     """
     started = time.perf_counter()
+    folder = None if out_dir is None else Path(out_dir)
+    if folder is not None:
+        # At once, so that even an early interrupt leaves the folder a rerun resumes from.
+        folder.mkdir(parents=True, exist_ok=True)
     # Timings mean little without the machine's load: record it with them.
     run_info = {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                 "load_before": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
@@ -391,6 +494,13 @@ def run_experiment(
             raise ValueError(f"the codebook has {codebook.n_channels} channel(s) but {config.dataset} images have "
                              f"{x_train.shape[1]}")
         defense = Discretize(codebook, bpda=config.bpda, alpha=config.alpha)
+        resume = None
+        if folder is not None:
+            if save_models:
+                codebook.save(folder / "codes.npz")
+            resume = _resume_for(folder, config, codebook, data, x_train, y_train, x_test, y_test, save_models,
+                                 (lambda message: stages.write(message, file=sys.stderr)) if progress
+                                 else (lambda message: None))
         timings["fit codebook"] = time.perf_counter() - stage_started
         stages.update(1)
 
@@ -401,17 +511,25 @@ def run_experiment(
 
         networks = networks_to_train(config.settings, config.adversarial_warm_start)
         trained = train_settings(config, x_train, y_train, defense, data.num_classes, progress=progress,
-                                 on_start=train_stage)
+                                 on_start=train_stage, store=None if resume is None else resume.store,
+                                 checkpoints=None if resume is None else resume.checkpoint)
         stages.update(1)
         models, histories, train_seconds = trained.models, trained.histories, trained.seconds
+        if resume is not None:
+            train_seconds.update({f"train {name}": seconds for name, seconds in resume.train_seconds.items()})
         timings.update(train_seconds)
 
         rows: dict[str, Any] = {}
         for name, model in models.items():
             stages.set_description(f"attack {name}")
             stage_started = time.perf_counter()
-            rows[name] = evaluate_setting(model, x_test, y_test, config, progress=progress)
-            rows[name]["eval_seconds"] = time.perf_counter() - stage_started
+
+            def attack(model: nn.Module = model) -> dict[str, Any]:
+                row = evaluate_setting(model, x_test, y_test, config, progress=progress)
+                row["eval_seconds"] = time.perf_counter() - stage_started
+                return row
+
+            rows[name] = attack() if resume is None else resume.cached(f"attack-{name}", attack)
             rows[name]["train_seconds"] = train_seconds.get(f"train {name}", 0.0)
             timings[f"attack {name}"] = rows[name]["eval_seconds"]
             stages.update(1)
@@ -422,7 +540,7 @@ def run_experiment(
                              + ("" if floor is None else f", certified {100 * floor:5.1f}%"), file=sys.stderr)
 
         stage_started = time.perf_counter()
-        curve = _eps_curve(config, models, x_test, y_test, stages, progress)
+        curve = _eps_curve(config, models, x_test, y_test, stages, progress, resume)
         if curve is not None:
             timings["eps curve"] = time.perf_counter() - stage_started
         stages.set_description("done")
@@ -482,13 +600,22 @@ def run_experiment(
             "passed": codes_255 == expected_codes_255,
             "detail": f"codes {codes_255} /255",
         }
+    if resume is not None:
+        # What this run took from an earlier one instead of computing (its timings are the earlier run's).
+        result["resumed"] = list(resume.reused)
     result.update(extra or {})
 
     if out_dir is not None:
         folder = Path(out_dir)
         if save_models:
             stage_started = time.perf_counter()
-            _save_models(models, codebook, config, data, folder)
+            _save_models(models, codebook, config, data, folder,
+                         # disc_*_pre files hold the nat_pre/adv_pre network: theirs is its history.
+                         {name: {"resume_key": resume.train_key, "history": histories.get(network),
+                                 "train_seconds": resume.train_seconds.get(network)}
+                          for name, network in ((name, name[len("disc_"):] if name.startswith("disc_") and
+                                                 name.endswith("_pre") else name) for name in models)}
+                         if resume is not None else {})
             timings["save models"] = time.perf_counter() - stage_started
     timings["total"] = time.perf_counter() - started
     result["timings"] = timings
@@ -499,28 +626,45 @@ def run_experiment(
     return result
 
 
-def _save_models(models: Mapping[str, nn.Module], codebook: Codebook, config: ExperimentConfig,
-                 data: datasets.Dataset, folder: Path) -> None:
-    codes_path = codebook.save(folder / "codes.npz")
+def _model_meta(name: str, codebook: Codebook, config: ExperimentConfig, data: datasets.Dataset) -> dict[str, Any]:
     height, width, channels = data.shape
+    return {
+        "setting": name,
+        "dataset": data.name,
+        "input_shape": [channels, height, width],
+        "num_classes": int(data.num_classes),
+        "defense": None if not name.startswith("disc_") else {
+            "codebook": "codes.npz",
+            "codes": codebook.codes_.tolist(),
+            "metric": codebook.metric,
+            "alpha": config.alpha,
+            "bpda": config.bpda,
+        },
+        "pixdisc": __version__,
+    }
+
+
+def _save_models(models: Mapping[str, nn.Module], codebook: Codebook, config: ExperimentConfig,
+                 data: datasets.Dataset, folder: Path, extra_meta: Mapping[str, Mapping[str, Any]]) -> None:
+    codebook.save(folder / "codes.npz")
     for name, model in models.items():
-        defended = name.startswith("disc_")
-        network = model[1] if defended else model
-        meta = {
-            "setting": name,
-            "dataset": data.name,
-            "input_shape": [channels, height, width],
-            "num_classes": int(data.num_classes),
-            "defense": None if not defended else {
-                "codebook": codes_path.name,
-                "codes": codebook.codes_.tolist(),
-                "metric": codebook.metric,
-                "alpha": config.alpha,
-                "bpda": config.bpda,
-            },
-            "pixdisc": __version__,
-        }
+        network = model[1] if name.startswith("disc_") else model
+        meta = {**_model_meta(name, codebook, config, data), **extra_meta.get(name, {})}
         save_model(network, folder / "models" / f"{name}.pt", meta=meta)
+
+
+def _resume_for(folder: Path, config: ExperimentConfig, codebook: Codebook, data: datasets.Dataset,
+                x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, save_networks: bool,
+                log: Callable[[str], None]) -> _Resume:
+    """The output folder's cache, keyed by everything that decides the networks and the attack results."""
+    settings = config.to_dict()
+    codes = {"codes": np.asarray(codebook.codes_).tolist(), "metric": codebook.metric}
+    train_key = _digest({"config": {key: value for key, value in settings.items() if key not in _EVALUATION_ONLY},
+                         **codes, "data": _data_digest(x_train, y_train)})
+    eval_key = _digest({"config": settings, "train": train_key, "data": _data_digest(x_test, y_test)})
+    resume = _Resume(folder, train_key, eval_key, save_networks, log)
+    resume.meta = {name: _model_meta(name, codebook, config, data) for name in TRAINED_NETWORKS}
+    return resume
 
 
 def run_demo(out_dir: str | os.PathLike[str], *, quick: bool = False, seed: int = 0,

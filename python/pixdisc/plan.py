@@ -10,6 +10,7 @@ at half the learning rate) and the recipes are written once.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
@@ -104,13 +105,16 @@ def train_settings(
     progress: bool = True,
     store: Optional[Store] = None,
     on_start: Optional[Callable[[str], None]] = None,
+    checkpoints: Optional[Callable[[str], "str | os.PathLike[str] | None"]] = None,
 ) -> TrainedSettings:
     """Train what ``config.settings`` need and return their models.
 
     ``store(name, trainer)`` decides where a network comes from (default:
     train it now); ``reproduce`` passes one that loads a saved network or
     trains and saves it. ``on_start(name)`` is called before each network
-    (progress reporting). ``seconds`` holds ``"train <name>"`` per network.
+    (progress reporting). ``checkpoints(name)`` names the file each network's
+    training checkpoints after every epoch and resumes from (``train_model``'s
+    ``checkpoint_path``). ``seconds`` holds ``"train <name>"`` per network.
     """
     store = store or _train_now
     common = {"arch": config.arch, "arch_kwargs": dict(config.arch_kwargs), "num_classes": num_classes,
@@ -118,19 +122,23 @@ def train_settings(
     attack = {"eps": config.train_eps, "attack_steps": config.train_steps, "step_size": config.train_step_size}
     networks: dict[str, nn.Module] = {}
 
+    def checkpoint_of(name: str) -> "str | os.PathLike[str] | None":
+        return None if checkpoints is None else checkpoints(name)
+
     def natural() -> "tuple[nn.Module, dict[str, Any]]":
         return train_setting("nat_pre", x_train, y_train, epochs=config.natural_epochs, lr=config.lr,
-                             return_history=True, **common)
+                             return_history=True, checkpoint_path=checkpoint_of("nat_pre"), **common)
 
     def adversarial() -> "tuple[nn.Module, dict[str, Any]]":
         if config.adversarial_warm_start:
             return train_model(copy.deepcopy(networks["nat_pre"]), x_train, y_train,
                                epochs=config.adversarial_epochs, adversarial=True, lr=config.adversarial_lr,
                                lr_milestones=config.adversarial_lr_milestones, seed=config.seed + 1,
-                               progress=progress, batch_size=config.batch_size, device=config.device, **attack)
+                               progress=progress, batch_size=config.batch_size, device=config.device,
+                               checkpoint_path=checkpoint_of("adv_pre"), **attack)
         return train_setting("adv_pre", x_train, y_train, epochs=config.adversarial_epochs,
                              lr=config.adversarial_lr, lr_milestones=config.adversarial_lr_milestones,
-                             return_history=True, **attack, **common)
+                             return_history=True, checkpoint_path=checkpoint_of("adv_pre"), **attack, **common)
 
     def retrained(name: str) -> Trainer:
         # Warm start from the matching *_pre network at half its learning rate, on discretized images.
@@ -142,7 +150,8 @@ def train_settings(
 
         def train() -> "tuple[nn.Module, dict[str, Any]]":
             defended, history = train_setting(name, x_train, y_train, defense=defense, base=networks[base],
-                                              return_history=True, **options, **common)
+                                              return_history=True, checkpoint_path=checkpoint_of(name), **options,
+                                              **common)
             return defended[1], history
 
         return train

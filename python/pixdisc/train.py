@@ -180,6 +180,19 @@ def _save_training(
     )
 
 
+def _first_checkpoint(
+    checkpoint_file: Path | None,
+    config: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: dict[str, list[float]],
+) -> None:
+    """Write the untrained state (epoch 0) before the first epoch, so that "resume from the checkpoint" holds
+    from the start: an interrupt in epoch 1 resumes from the same initial weights instead of finding no file."""
+    if checkpoint_file is not None and not checkpoint_file.exists():
+        _save_training(checkpoint_file, 0, config, model, optimizer, history)
+
+
 def train_model(
     model: nn.Module,
     x: Tensor | np.ndarray,
@@ -222,9 +235,9 @@ def train_model(
     is multiplied by ``lr_gamma`` at each epoch in ``lr_milestones``.
 
     With ``checkpoint_path`` the model, optimizer and history are written
-    atomically after every epoch, and an existing checkpoint of the same run
-    is resumed: a killed training continues where its last epoch ended and
-    ends with the same weights as an uninterrupted run.
+    atomically before the first epoch and after every epoch, and an existing
+    checkpoint of the same run is resumed: a killed training loses at most the
+    epoch it was in, and ends with the same weights as an uninterrupted run.
 
     ``history`` holds per-epoch lists: ``epoch``, ``loss`` and ``accuracy``
     (on the batches trained on, adversarial ones when adversarial), ``lr``
@@ -281,6 +294,7 @@ def train_model(
     checkpoint_file = Path(checkpoint_path) if checkpoint_path is not None else None
     history, start_epoch = _resume_training(checkpoint_file, target_device, config, epochs, model,
                                             training_optimizer, history)
+    _first_checkpoint(checkpoint_file, config, model, training_optimizer, history)
 
     with _private_rng(target_device):
         for epoch in range(start_epoch, epochs):
@@ -508,6 +522,7 @@ def train_certified(
     history: dict[str, list[float]] = {key: [] for key in keys}
     checkpoint_file = Path(checkpoint_path) if checkpoint_path is not None else None
     history, start_epoch = _resume_training(checkpoint_file, target_device, config, epochs, model, optimizer, history)
+    _first_checkpoint(checkpoint_file, config, model, optimizer, history)
 
     steps_per_epoch = math.ceil(sample_count / batch_size)
     ramp_steps = max(1, ramp_epochs * steps_per_epoch)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from torch import nn
 from .. import _native
 from ..candidates import candidate_sets
 from ..codebook import Codebook
-from ..realize import ball_ends
+from ..realize import ball_ends, pixel_options
 from .result import Budget, _Record
 
 # A margin bound must exceed this to count as a proof (absolute, in logits).
@@ -24,11 +24,13 @@ _MARGIN_TOLERANCE = 1e-4
 @dataclass
 class _Sample:
     index: int
-    x: np.ndarray  # float32 (C, P)
+    x: np.ndarray  # float32 (C, P); with a one-channel codebook and C-channel images, (1, C*P): element-wise
     y: int
     base_codes: np.ndarray  # int32 (P,): T(x) as code indices
     positions: np.ndarray  # int64 (A,): ambiguous pixels
     candidates: List[np.ndarray]  # code indices allowed at each ambiguous pixel (nearest first)
+    # Verified reachable codes per pixel, {pixel: {code: realizing value (C,)}}: pixdisc.realize, on demand.
+    reachable: Optional[Dict[int, Dict[int, np.ndarray]]] = None
 
     @property
     def log2_size(self) -> float:
@@ -52,6 +54,12 @@ class _Engine:
         self.batch_size = batch_size
         self.image_shape = image_shape  # (C, H, W)
         self.device = device
+        # A one-channel codebook on C-channel images discretizes every value alone (as
+        # Codebook.transform does): the engine's "pixels" are then the C*H*W values.
+        self.code_channels = codebook.n_channels
+        if image_shape[0] != self.code_channels and self.code_channels != 1:
+            raise ValueError(f"images of shape {tuple(image_shape)} have {image_shape[0]} channels but the codebook "
+                             f"has {self.code_channels}; use a codebook with {image_shape[0]} channels or one")
 
     # -- helpers ----------------------------------------------------------------------------
     @property
@@ -67,8 +75,12 @@ class _Engine:
         return self._codes[codes_at_pixels].T.reshape(-1).astype(np.float32)  # (C*P,)
 
     def prepare(self, x: np.ndarray, y: np.ndarray, indices: Sequence[int]) -> List[_Sample]:
-        n, channels = x.shape[0], x.shape[1]
-        pixels = int(np.prod(x.shape[2:]))
+        if tuple(x.shape[1:]) != tuple(self.image_shape):
+            raise ValueError(f"x has shape {tuple(x.shape)} but the engine certifies images of shape "
+                             f"{tuple(self.image_shape)}")
+        n, channels = x.shape[0], self.code_channels
+        x = np.ascontiguousarray(x, np.float32).reshape(n, channels, -1)  # element-wise for one-channel codes
+        pixels = x.shape[2]
         sets = candidate_sets(x, self.codebook, self.eps, rule=self.rule, channel_axis=1)
         counts = np.diff(sets.offsets)
         samples = []
@@ -110,46 +122,122 @@ class _Engine:
                                            device=self.device if on_gpu else None)
 
     # -- counterexamples ------------------------------------------------------------------------
-    def _realize(self, sample: _Sample, z: np.ndarray) -> Tuple[Optional[np.ndarray], bool]:
-        """An input x' within eps of x with T(x') = z and F(T(x')) != y, checked with T and F; else (None, False).
+    def _reachable(self, sample: _Sample) -> Dict[int, Dict[int, np.ndarray]]:
+        """The codes pixdisc.realize verified reachable at each ambiguous pixel, with a value realizing each."""
+        if sample.reachable is None:
+            options = pixel_options(sample.x[None], self.codebook, self.eps)
+            sample.reachable = {}
+            for p in sample.positions.tolist():
+                lo, hi = options.offsets[p], options.offsets[p + 1]
+                sample.reachable[p] = dict(zip(options.codes[lo:hi].tolist(), options.values[lo:hi]))
+        return sample.reachable
 
-        Every moved pixel channel takes the float32 of its eps-ball closest to
-        the target code value (the value itself when it lies in the ball).
-        One channel, that is exact: a code's preimage under T is an interval
-        of floats holding its own value, so a code is reachable iff that
-        float reaches it (candidates.py). Several channels, it is the closest
-        point of the box coordinate-wise, which can miss a code that the sound
-        rule admits; the caller then has no counterexample.
+    def _realize(self, sample: _Sample, z: np.ndarray) -> Tuple[Optional[np.ndarray], np.ndarray]:
+        """(x', []) with x' within eps of x, T(x') = z and F(T(x')) != y, checked with T and F; else
+        (None, pixels) with the pixels whose code in z no verified input value reaches (possibly none).
+
+        First every moved pixel channel takes the float32 of its eps-ball
+        closest to the target code value. One channel, that is exact: a code's
+        preimage under T is an interval of floats holding its own value, so a
+        code is reachable iff that float reaches it (candidates.py). Several
+        channels, the closest point of the box can miss a code the candidate
+        rule admits: the pixel then takes a value pixdisc.realize verified,
+        and pixels with none are reported.
         """
         lo, hi = ball_ends(sample.x, self.eps)  # float32 (C, P), exact: see pixdisc.realize
         target = self._codes[z].T.astype(np.float32)  # (C, P)
         moved = z != sample.base_codes
         proposal = np.where(moved[None, :], np.minimum(np.maximum(target, lo), hi), sample.x).astype(np.float32)
-        x_adv = proposal.reshape(self.image_shape)
-        assigned = np.asarray(self.codebook.assign(x_adv[None], channel_axis=1)).reshape(-1)
+        assigned = np.asarray(self.codebook.assign(proposal[None], channel_axis=1)).reshape(-1)
+        missing = np.zeros(0, np.int64)
         if not np.array_equal(assigned, z):
-            return None, False
-        discretized = np.asarray(self.codebook.transform(x_adv[None], channel_axis=1))
+            reachable = self._reachable(sample)
+            unrealized = []
+            for p in np.flatnonzero(assigned != z).tolist():
+                value = reachable.get(p, {}).get(int(z[p]))
+                if value is None:
+                    unrealized.append(p)
+                else:
+                    proposal[:, p] = value
+            missing = np.array(unrealized, np.int64)
+            if len(missing):
+                return None, missing
+            assigned = np.asarray(self.codebook.assign(proposal[None], channel_axis=1)).reshape(-1)
+            if not np.array_equal(assigned, z):  # pixdisc.realize checked every value: cannot happen
+                return None, np.flatnonzero(assigned != z)
+        discretized = np.asarray(self.codebook.transform(proposal[None], channel_axis=1))
         if int(self._logits(discretized).argmax(1)[0]) == sample.y:
-            return None, False
-        return x_adv, True
+            return None, missing
+        return proposal.reshape(self.image_shape), missing
 
-    def _failed(self, sample: _Sample, z: np.ndarray, nodes: int, started: float) -> _Record:
+    def _failed(self, sample: _Sample, z: np.ndarray, nodes: int, started: float, reason: str = "") -> _Record:
         """A misclassified z of S(x): "failed" only with a checked real input x', otherwise "unable".
 
-        The sound rule (several channels) can hold codes no input reaches, so a
-        misclassified z is not by itself a failure (SPEC §3); its codes stay in
-        the record for inspection, with verified False.
+        A rule that over-approximates (several channels) can hold codes no
+        input reaches, so a misclassified z is not by itself a failure (SPEC
+        §3); its codes stay in the record for inspection, with verified False
+        and the reason.
         """
-        x_adv, ok = self._realize(sample, z)
+        x_adv, missing = self._realize(sample, z)
+        ok = x_adv is not None
+        if not ok and not reason:
+            reason = self._unrealized_reason(z, missing)
         return _Record(sample.index, "failed" if ok else "unable", sample.log2_size, len(sample.positions), nodes,
-                       time.monotonic() - started, ok, z.astype(np.int32), x_adv, "counterexample" if ok else "")
+                       time.monotonic() - started, ok, z.astype(np.int32), x_adv, "counterexample" if ok else "",
+                       reason="" if ok else reason)
+
+    @staticmethod
+    def _unrealized_reason(z: np.ndarray, missing: np.ndarray) -> str:
+        if not len(missing):
+            return "a misclassified member of S(x) was realized but F(T(x')) = y on the check"
+        shown = ", ".join(f"pixel {p} code {int(z[p])}" for p in missing[:4].tolist())
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        return f"a misclassified member of S(x) that no verified input realizes ({shown}{more})"
+
+    def _refute(self, sample: _Sample, allowed: List[np.ndarray], z: np.ndarray, nodes: int,
+                started: float) -> Tuple[Optional[_Record], List[List[np.ndarray]], str]:
+        """A misclassified z in the node `allowed`: (failed record, [], "") when a real input realizes it,
+        else (None, children, reason): the node split so that z's unrealized code at one pixel is apart from
+        the codes verified reachable there (no children when every such pixel is already down to z's code)."""
+        x_adv, missing = self._realize(sample, z)
+        if x_adv is not None:
+            return self._failed(sample, z, nodes, started), [], ""
+        reason = self._unrealized_reason(z, missing)
+        if not len(missing):
+            return None, [], reason
+        reachable = self._reachable(sample)
+        slots = np.searchsorted(sample.positions, missing)
+        for split_verified in (True, False):
+            for p, j in zip(missing.tolist(), slots.tolist()):
+                a = allowed[j]
+                verified = np.isin(a, np.fromiter(reachable.get(p, {}).keys(), np.int64))
+                if split_verified and verified.any():
+                    parts = (a[verified], a[~verified])  # z's code is unverified: it goes with the second
+                elif not split_verified and len(a) > 1:
+                    parts = (a[a != z[p]], a[a == z[p]])
+                else:
+                    continue
+                children = []
+                for part in parts:
+                    child = list(allowed)
+                    child[j] = part
+                    children.append(child)
+                return None, children, reason
+        return None, [], reason
 
     # -- modes ----------------------------------------------------------------------------------
-    def certify_samples(self, samples: List[_Sample]) -> List[_Record]:
+    def certify_samples(self, samples: List[_Sample],
+                        on_record: Optional[Callable[[_Record], None]] = None) -> List[_Record]:
+        """Records in sample order; ``on_record`` gets each one as soon as it is decided (checkpoints)."""
         records: List[Optional[_Record]] = [None] * len(samples)
         if not samples:
             return []
+
+        def decide(i: int, record: _Record) -> None:
+            records[i] = record
+            if on_record is not None:
+                on_record(record)
+
         # Batched stages report their wall time shared evenly among the samples they decide.
         started = time.monotonic()
         # Everyone: is T(x) itself classified correctly?
@@ -158,9 +246,9 @@ class _Engine:
         pending = []
         for i, s in enumerate(samples):
             if predictions[i] != s.y:
-                records[i] = self._failed(s, s.base_codes.copy(), 0, time.monotonic() - share)
+                decide(i, self._failed(s, s.base_codes.copy(), 0, time.monotonic() - share))
             elif not len(s.positions):
-                records[i] = _Record(s.index, "certified", 0.0, 0, 0, share, method="no ambiguous pixel")
+                decide(i, _Record(s.index, "certified", 0.0, 0, 0, share, method="no ambiguous pixel"))
             else:
                 pending.append(i)
         if self.mode == "bab" and pending:
@@ -170,18 +258,18 @@ class _Engine:
             for i, ok in zip(list(pending), proven):
                 if ok:
                     s = samples[i]
-                    records[i] = _Record(s.index, "certified", s.log2_size, len(s.positions), 1, share,
-                                         method="bounds")
+                    decide(i, _Record(s.index, "certified", s.log2_size, len(s.positions), 1, share,
+                                      method="bounds"))
             pending = [i for i in pending if records[i] is None]
         for i in pending:
             t0 = time.monotonic()
-            records[i] = self._paper(samples[i], t0) if self.mode == "paper" else self._branch_and_bound(samples[i], t0)
+            decide(i, self._paper(samples[i], t0) if self.mode == "paper" else self._branch_and_bound(samples[i], t0))
         return [r for r in records if r is not None]
 
     def _paper(self, sample: _Sample, started: float) -> _Record:
         if sample.log2_size > self.b:
             return _Record(sample.index, "unable", sample.log2_size, len(sample.positions), 0,
-                           time.monotonic() - started)
+                           time.monotonic() - started, reason=f"log2|S(x)| = {sample.log2_size:.1f} > b = {self.b:g}")
         z, _ = self._enumerate(sample, sample.candidates, deadline=math.inf)
         if z is not None:
             return self._failed(sample, z, 1, started)
@@ -189,7 +277,7 @@ class _Engine:
                        time.monotonic() - started, method="enumeration")
 
     def _box(self, sample: _Sample, allowed: List[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
-        base = self._image(sample, sample.base_codes).reshape(self.image_shape[0], -1)
+        base = self._image(sample, sample.base_codes).reshape(self.code_channels, -1)
         lower, upper = base.copy(), base.copy()
         for j, a in enumerate(allowed):
             values = self._codes[a]  # (m, C)
@@ -229,7 +317,7 @@ class _Engine:
             others[sample.y] = -float("inf")
             margin = logits[sample.y] - others.max()
             (grad,) = torch.autograd.grad(margin, centre)
-        return grad.reshape(self.image_shape[0], -1).cpu().numpy()
+        return grad.reshape(self.code_channels, -1).cpu().numpy()
 
     def _guess(self, sample: _Sample, allowed: List[np.ndarray], grad: np.ndarray) -> np.ndarray:
         """The z in the node that a linear model of the margin says is worst."""
@@ -240,12 +328,31 @@ class _Engine:
         return z
 
     def _branch_and_bound(self, sample: _Sample, started: float) -> _Record:
+        """Split, bound, enumerate small leaves. A misclassified z that no verified input realizes does not
+        end the search: its node splits the offending pixel's codes into those pixdisc.realize verified and
+        the rest, and branching goes on; a node down to unrealized codes alone is set aside with its reason,
+        and the sample is then "unable" (never "certified", never "failed")."""
         deadline = started + self.budget.seconds
         stack: List[List[np.ndarray]] = [list(sample.candidates)]
         nodes = 0
+        stuck = ""  # why a node could be neither proven nor refuted
+        stuck_z: Optional[np.ndarray] = None  # its misclassified member, kept for inspection
+
+        def misclassified_member(allowed: List[np.ndarray], z: np.ndarray) -> Optional[_Record]:
+            nonlocal stuck, stuck_z
+            record, children, reason = self._refute(sample, allowed, z, nodes, started)
+            if record is None:
+                if children:
+                    stack.extend(children)
+                elif not stuck:
+                    stuck, stuck_z = reason, z.astype(np.int32)
+            return record
+
         while stack:
             if nodes >= self.budget.nodes or time.monotonic() > deadline:
-                return self._exact_stage(sample, nodes, started)
+                which = "nodes" if nodes >= self.budget.nodes else "seconds"
+                return self._exact_stage(sample, nodes, started, f"branch and bound ran out of {which}"
+                                         + (f"; {stuck}" if stuck else ""))
             batch = [stack.pop() for _ in range(min(len(stack), max(1, self.batch_size // 4)))]
             nodes += len(batch)
             boxes = [self._box(sample, allowed) for allowed in batch]
@@ -256,24 +363,37 @@ class _Engine:
                 grad = self._gradient(sample, lower, upper)
                 z = self._guess(sample, allowed, grad)
                 if int(self._logits(self._image(sample, z)[None]).argmax(1)[0]) != sample.y:
-                    return self._failed(sample, z, nodes, started)
+                    record = misclassified_member(allowed, z)
+                    if record is not None:
+                        return record
+                    continue
                 size = sum(math.log2(len(a)) for a in allowed)
                 if size <= self.budget.leaf_log2:
                     z, finished = self._enumerate(sample, allowed, deadline)
                     if z is not None:
-                        return self._failed(sample, z, nodes, started)
+                        record = misclassified_member(allowed, z)
+                        if record is not None:
+                            return record
+                        continue
                     if not finished:
-                        return self._exact_stage(sample, nodes, started)
+                        return self._exact_stage(sample, nodes, started, "branch and bound ran out of seconds"
+                                                 + (f"; {stuck}" if stuck else ""))
                     continue
                 stack.extend(self._split(sample, allowed, lower, upper, grad))
+        if stuck:
+            return _Record(sample.index, "unable", sample.log2_size, len(sample.positions), nodes,
+                           time.monotonic() - started, z_codes=stuck_z, reason=stuck)
         return _Record(sample.index, "certified", sample.log2_size, len(sample.positions), nodes,
                        time.monotonic() - started, method="branch-and-bound")
 
-    def _exact_stage(self, sample: _Sample, nodes: int, started: float) -> _Record:
+    def _exact_stage(self, sample: _Sample, nodes: int, started: float, reason: str) -> _Record:
         """Bounds and branching ran out: decide by a mixed-integer program when the budget allows, else unable."""
         unable = _Record(sample.index, "unable", sample.log2_size, len(sample.positions), nodes,
-                         time.monotonic() - started)
+                         time.monotonic() - started, reason=reason)
         if self.budget.exact_seconds <= 0:
+            return unable
+        if self.code_channels != self.image_shape[0]:
+            unable.reason += "; the exact stage needs a codebook with the images' channels"
             return unable
         from ..exact import decide_milp
 
@@ -282,7 +402,8 @@ class _Engine:
                                   sample.candidates, self._codes, sample.y, time_limit=self.budget.exact_seconds,
                                   margin_tolerance=_MARGIN_TOLERANCE, base_codes=sample.base_codes,
                                   image_shape=self.image_shape)
-        except NotImplementedError:  # a layer the program cannot encode
+        except NotImplementedError as error:  # a layer the program cannot encode
+            unable.reason += f"; exact stage: {error}"
             return unable
         if outcome.status == "certified":
             return _Record(sample.index, "certified", sample.log2_size, len(sample.positions), nodes,
@@ -290,6 +411,7 @@ class _Engine:
         if outcome.status == "counterexample":
             return self._failed(sample, outcome.z_codes.astype(np.int32), nodes, started)
         unable.seconds = time.monotonic() - started
+        unable.reason += f"; exact stage: {getattr(outcome, 'reason', '') or outcome.status}"
         return unable
 
     def _split(self, sample: _Sample, allowed: List[np.ndarray], lower: np.ndarray, upper: np.ndarray,

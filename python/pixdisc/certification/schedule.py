@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process
+import io
 import multiprocessing
 import os
+import pickle
+import queue
+import sys
 import time
+import types
+import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -45,6 +51,96 @@ def _as_nchw(x: Any) -> np.ndarray:
     if not np.isfinite(x).all() or x.min(initial=0) < 0 or x.max(initial=0) > 1:
         raise ValueError("x must lie in [0, 1] (no NaN or inf)")
     return x
+
+
+class _CannotRebuild(RuntimeError):
+    """A worker process could not rebuild the engine (model, codebook) from its pickle."""
+
+
+# Per worker process: the queue records stream through, and the engine rebuilt from its bytes once.
+_WORKER_RECORDS: Any = None
+_WORKER_ENGINE: Dict[str, _Engine] = {}
+
+
+def _init_worker(records: Any) -> None:
+    global _WORKER_RECORDS
+    _WORKER_RECORDS = records
+
+
+def _run_local(engine: _Engine, x: np.ndarray, y: np.ndarray, indices: np.ndarray, threads: int,
+               on_record: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
+    """Certify one chunk; ``on_record`` gets each JSON record as soon as its sample is decided."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    send = None if on_record is None else (lambda record: on_record(record.to_json()))
+    return [r.to_json() for r in engine.certify_samples(engine.prepare(x, y, indices), on_record=send)]
+
+
+def _run_shipped(blob: bytes, key: str, x: np.ndarray, y: np.ndarray, indices: np.ndarray) -> List[Dict]:
+    """Task body in our own worker processes: records stream back through the queue as they are decided."""
+    engine = _WORKER_ENGINE.get(key)
+    if engine is None:
+        try:
+            engine = pickle.loads(blob)
+        except Exception as exc:  # noqa: BLE001 - whatever stops the rebuild, the driver falls back
+            raise _CannotRebuild(f"{type(exc).__name__}: {exc}") from None
+        _WORKER_ENGINE.clear()
+        _WORKER_ENGINE[key] = engine
+    records = _WORKER_RECORDS
+    return _run_local(engine, x, y, indices, 1, None if records is None else records.put)
+
+
+def _pickle_for_workers(engine: _Engine) -> Tuple[Optional[bytes], str]:
+    """The engine's pickle, or (None, why a spawned process could not rebuild it).
+
+    Pickle stores classes and functions by reference; a spawned worker finds
+    those of ``__main__`` only by re-importing the main script's file. A class
+    defined in a notebook cell, in ``python -c`` or in code read from standard
+    input has no such file, so the pickle succeeds here and fails there.
+    """
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    main_importable = isinstance(main_file, str) and os.path.isfile(main_file)
+    unreachable: List[str] = []
+
+    class _Probe(pickle.Pickler):
+        def reducer_override(self, value: Any) -> Any:
+            if isinstance(value, (type, types.FunctionType)) and getattr(value, "__module__", None) == "__main__":
+                if not main_importable:
+                    unreachable.append(getattr(value, "__qualname__", repr(value)))
+            return NotImplemented
+
+    buffer = io.BytesIO()
+    try:
+        _Probe(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(engine)
+    except Exception as exc:  # noqa: BLE001 - any pickling failure means: run in this process
+        return None, f"the model or codebook cannot be pickled ({type(exc).__name__}: {exc})"
+    if unreachable:
+        return None, (f"{unreachable[0]} is defined in __main__ without a file (a notebook cell, `python -c` or "
+                      "standard input), which worker processes cannot import")
+    return buffer.getvalue(), ""
+
+
+def _stream(futures: List[concurrent.futures.Future], records: Any, consume: Callable[[List[Dict]], None]) -> None:
+    """Consume records from ``records`` as workers decide them, and each task's full result as it ends."""
+    pending = set(futures)
+    while pending:
+        try:
+            consume([records.get(timeout=0.05)])
+            continue
+        except queue.Empty:
+            pass
+        for future in [f for f in pending if f.done()]:
+            pending.discard(future)
+            consume(future.result())  # records that raced past the queue; duplicates are dropped
+    _drain(records, consume)
+
+
+def _drain(records: Any, consume: Callable[[List[Dict]], None]) -> None:
+    while True:
+        try:
+            consume([records.get_nowait()])
+        except (queue.Empty, OSError, ValueError):  # empty, or a queue already closed
+            return
 
 
 def _iterate_results(executor: Any, tasks: List[Tuple]) -> Iterator[List[Dict]]:
@@ -132,46 +228,99 @@ def certify(
     engine = _Engine(net, codebook, float(eps), mode, float(b), bound, rule, budget, batch_size,
                      tuple(x.shape[1:]), device)
     chunks = [todo[i : i + chunk_size] for i in range(0, len(todo), chunk_size)]
+    if isinstance(executor, str) and executor not in ("serial", "processes"):
+        raise ValueError(f"executor must be None, 'serial', 'processes', an Executor or a Dask Client, "
+                         f"got {executor!r}")
     bar = _progress(progress, x.shape[0])
     _tally(bar, records.values())
 
-    def consume(results: Iterable[List[Dict]]) -> None:
-        for chunk_records in results:
-            if store is not None:
-                store.append(chunk_records)
-            new = [_Record.from_json(r) for r in chunk_records]
-            records.update((r.index, r) for r in new)
-            _tally(bar, new)
+    def consume(new_records: List[Dict]) -> None:
+        # Each record reaches the checkpoint (fsync'd) as soon as its sample is decided; repeats are dropped.
+        fresh = [r for r in new_records if int(r["index"]) not in records]
+        if not fresh:
+            return
+        if store is not None:
+            store.append(fresh)
+        new = [_Record.from_json(r) for r in fresh]
+        records.update((r.index, r) for r in new)
+        _tally(bar, new)
 
-    own_pool = None
+    def run_here(reason: str = "") -> None:
+        if reason:
+            print(f"pixdisc.certify: running in this process: {reason}", file=sys.stderr, flush=True)
+        left = np.array([i for i in todo if int(i) not in records], dtype=np.int64)
+        for start in range(0, len(left), chunk_size):
+            c = left[start : start + chunk_size]
+            consume(_run_local(engine, x[c], y[c], c, 0, lambda record: consume([record])))
+
     try:
-        if isinstance(executor, str) and executor not in ("serial", "processes"):
-            raise ValueError(f"executor must be None, 'serial', 'processes', an Executor or a Dask Client, "
-                             f"got {executor!r}")
         if executor == "serial" or (executor is None and len(chunks) <= 1):
-            consume(_run_chunk(engine, x[c], y[c], c, 0) for c in chunks)
+            run_here()
+            return _result(records, x, config, delta, started)
+        cpu_engine = engine if device == "cpu" else _Engine(net.cpu(), codebook, float(eps), mode, float(b),
+                                                             bound, rule, budget, batch_size,
+                                                             tuple(x.shape[1:]), "cpu")
+        if executor is None or executor == "processes":
+            reason = _run_on_processes(cpu_engine, x, y, chunks, workers or os.cpu_count() or 1, consume)
+            if reason:
+                if executor == "processes":
+                    raise ValueError(f"executor='processes' cannot run this model: {reason}; pass "
+                                     "executor='serial' (or the default, which then runs in this process)")
+                run_here(reason)
+        elif isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+            # Threads share this process: records stream back through a plain queue.
+            stream: queue.Queue = queue.Queue()
+            _stream([executor.submit(_run_local, cpu_engine, x[c], y[c], c, 1, stream.put) for c in chunks],
+                    stream, consume)
         else:
-            if executor is None or executor == "processes":
-                workers = workers or os.cpu_count() or 1
-                own_pool = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-                executor = own_pool
-            cpu_engine = engine if device == "cpu" else _Engine(net.cpu(), codebook, float(eps), mode, float(b),
-                                                                 bound, rule, budget, batch_size,
-                                                                 tuple(x.shape[1:]), "cpu")
-            try:
-                consume(_iterate_results(executor, [(cpu_engine, x[c], y[c], c, 1) for c in chunks]))
-            except concurrent.futures.process.BrokenProcessPool as exc:
-                # Records finished so far are in the checkpoint (if any); say how to get going again.
-                raise RuntimeError(
-                    "a certification worker process died. Spawned workers re-import the main script: guard "
-                    "the script's code with `if __name__ == \"__main__\":`, or pass executor=\"serial\"; "
-                    "with checkpoint= a rerun resumes where this one stopped") from exc
+            # Other executors (Dask, a caller's process pool) return records a chunk at a time.
+            for chunk_records in _iterate_results(executor, [(cpu_engine, x[c], y[c], c, 1) for c in chunks]):
+                consume(chunk_records)
     finally:
-        if own_pool is not None:
-            own_pool.shutdown(cancel_futures=True)
         if bar is not None:
             bar.close()
+    return _result(records, x, config, delta, started)
+
+
+def _run_on_processes(engine: _Engine, x: np.ndarray, y: np.ndarray, chunks: List[np.ndarray], workers: int,
+                      consume: Callable[[List[Dict]], None]) -> str:
+    """Certify the chunks on our own spawned processes; returns why it could not ("" when it did)."""
+    blob, reason = _pickle_for_workers(engine)
+    if blob is None:
+        return reason
+    context = multiprocessing.get_context("spawn")
+    stream = context.Queue()
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                                  initializer=_init_worker, initargs=(stream,))
+    key = uuid.uuid4().hex
+    interrupted = False
+    try:
+        _stream([pool.submit(_run_shipped, blob, key, x[c], y[c], c) for c in chunks], stream, consume)
+    except _CannotRebuild as exc:
+        # Seen only in the worker (e.g. a class defined under the main script's `if __name__` guard).
+        return f"worker processes cannot rebuild the model ({exc})"
+    except concurrent.futures.process.BrokenProcessPool as exc:
+        # Records finished so far are in the checkpoint (if any); say how to get going again.
+        raise RuntimeError(
+            "a certification worker process died. Spawned workers re-import the main script: guard "
+            "the script's code with `if __name__ == \"__main__\":`, or pass executor=\"serial\"; "
+            "with checkpoint= a rerun resumes where this one stopped") from exc
+    except BaseException:
+        interrupted = True
+        raise
+    finally:
+        if interrupted:
+            # Ctrl-C must not wait for running chunks: stop the workers (the checkpoint has every record so far).
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+        pool.shutdown(wait=not interrupted, cancel_futures=True)
+        _drain(stream, consume)  # records decided while the pool wound down
+        stream.close()
+    return ""
+
+
+def _result(records: Dict[int, _Record], x: np.ndarray, config: Dict[str, Any], delta: float,
+            started: float) -> CertifyResult:
     ordered = [records[i] for i in range(x.shape[0])]
     return CertifyResult(
         outcome=np.array([r.outcome for r in ordered], dtype="<U9"),
