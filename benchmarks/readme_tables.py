@@ -7,6 +7,14 @@ files and the README cannot drift from the data), then fills:
 
 - `<!-- core-benchmarks -->`: `benchmarks/core.json` (`python -m pytest benchmarks/test_bench_core.py
   --benchmark-only --benchmark-json=benchmarks/core.json`), rendered by benchmarks/report.py;
+- `<!-- certify-native -->`: `benchmarks/certify.json` (`python -m pytest benchmarks/test_bench_certify.py
+  --benchmark-only --benchmark-json=benchmarks/certify.json`), benchmarks/report.py;
+- `<!-- torch-benchmarks -->`: `benchmarks/torch.json` (`PIXDISC_BENCH_TORCH_THREADS=1 python -m pytest
+  benchmarks/test_bench_torch.py --benchmark-only --benchmark-json=benchmarks/torch.json`), benchmarks/report.py;
+- `<!-- analysis-mnist -->`: `benchmarks/analysis_mnist.json` (benchmarks/analysis_mnist.py; the paper's
+  row from `pixdisc.paper.table_iv()`);
+- `<!-- analysis-neighbourhoods -->`: `benchmarks/analysis.json` (`python -m pytest
+  benchmarks/test_bench_analysis.py --benchmark-only --benchmark-json=benchmarks/analysis.json`), benchmarks/report.py;
 - `<!-- certify-mnist -->`: `benchmarks/certify_mnist.json` (benchmarks/certify_mnist.py);
 - `<!-- demo-table -->`: `benchmarks/demo/results.json`, written by `pixdisc demo` (the report
   folder's results.json/md and PNGs copied there; table, wall time, machine load);
@@ -56,6 +64,30 @@ def _core_block() -> str:
     return _rendered("core", report.render, "Native core against the best plain alternatives")
 
 
+def _certify_native_block() -> str:
+    import report
+
+    return _rendered("certify", report.render_certify)
+
+
+def _torch_block() -> str:
+    import report
+
+    return _rendered("torch", report.render_torch, "BPDA through Discretize and PGD steps per second")
+
+
+def _analysis_mnist_block() -> str:
+    import analysis_mnist
+
+    return _rendered("analysis_mnist", analysis_mnist.render)
+
+
+def _neighbourhoods_block() -> str:
+    import report
+
+    return _rendered("analysis", report.render_analysis, "Neighbourhood sizes of every distinct colour")
+
+
 def _certify_block() -> str:
     import certify_mnist
 
@@ -78,7 +110,9 @@ def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     blocks = {"core-benchmarks": _core_block, "certify-mnist": _certify_block, "demo-table": _demo_block,
-              "attack-strength": _attack_block, "interval-certified": _interval_block}
+              "attack-strength": _attack_block, "interval-certified": _interval_block,
+              "certify-native": _certify_native_block, "torch-benchmarks": _torch_block,
+              "analysis-mnist": _analysis_mnist_block, "analysis-neighbourhoods": _neighbourhoods_block}
     for marker, make in blocks.items():
         pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
         if not pattern.search(text):
