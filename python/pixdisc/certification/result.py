@@ -38,7 +38,8 @@ class CertifyResult:
     pixel of the misclassified z in S(x) it realizes; a misclassified z that
     no input could be found to realize (possible with the sound rule of
     several channels) makes the sample ``"unable"``, with its ``z_codes`` kept
-    for inspection and ``verified[i]`` False.
+    for inspection, ``verified[i]`` False and ``reason[i]`` saying which
+    pixel's code no input was found to reach.
     """
 
     outcome: np.ndarray
@@ -53,6 +54,7 @@ class CertifyResult:
     delta: float
     wall_seconds: float = 0.0
     method: Optional[np.ndarray] = None  # per sample: what decided it ("" when unable)
+    reason: Optional[np.ndarray] = None  # per sample: why it is unable ("" otherwise)
 
     def __len__(self) -> int:
         return len(self.outcome)
@@ -93,6 +95,10 @@ class _Record:
     z_codes: Optional[np.ndarray] = None
     counterexample: Optional[np.ndarray] = None
     method: str = ""  # what decided it: bounds, branch-and-bound, enumeration, milp-highs, counterexample
+    # Why an "unable" sample stayed open: the budget that ran out, the b it exceeded, or the
+    # misclassified member of S(x) no verified input realizes (pixel and code). Plain text, so the
+    # checkpoint line stays JSON; records written before it existed read back as "".
+    reason: str = ""
 
     def to_json(self) -> Dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k not in ("z_codes", "counterexample")}
