@@ -40,16 +40,16 @@ _ENVIRONMENT = ("OMP_NUM_THREADS", "PIXDISC_BENCH_TORCH_THREADS")
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    """Record what the timings ran beside: cores, native and torch threads, and the load average before and after."""
-    import sys
+    """Record what the timings ran beside: cores, native threads, settings, and the load average before and after.
 
+    torch's threads are per benchmark (`extra_info["torch_threads"]`): a
+    fixture may pin them for a module and restore them before this runs.
+    """
     import pixdisc
 
     environment = {name: os.environ[name] for name in _ENVIRONMENT if name in os.environ}
     prefix = "".join(f"{name}={value} " for name, value in environment.items())
-    torch = sys.modules.get("torch")
     output_json["run"] = {"cores": os.cpu_count(), "pixdisc_threads": pixdisc.get_num_threads(),
-                          "torch_threads": torch.get_num_threads() if torch is not None else None,
                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "environment": environment,
                           "load_before": _LOAD_AT_START[0], "load_after": os.getloadavg()[0],
                           "load_averages_before": list(_LOAD_AT_START), "load_averages_after": list(os.getloadavg()),

@@ -59,6 +59,14 @@ def _target(row: dict[str, Any], ours: dict[str, Any] | None, copy: dict[str, An
     return ""
 
 
+def _torch_threads(data: dict[str, Any]) -> str:
+    """The torch threads the benchmarks ran on: their `extra_info`, else the setting the run recorded."""
+    counts = {b["extra_info"]["torch_threads"] for b in data["benchmarks"] if "torch_threads" in b["extra_info"]}
+    if counts:
+        return "/".join(str(c) for c in sorted(counts))
+    return data.get("run", {}).get("environment", {}).get("PIXDISC_BENCH_TORCH_THREADS", "torch's default")
+
+
 def _machine(data: dict[str, Any], torch: bool = False) -> str:
     """The machine, threads and load average of a run (`machine_info`, `run`), as one sentence."""
     cpu = data.get("machine_info", {}).get("cpu", {})
@@ -68,7 +76,7 @@ def _machine(data: dict[str, Any], torch: bool = False) -> str:
             if "load_before" in run else "load average not recorded")
     threads = f"pixdisc on {run.get('pixdisc_threads', '?')} threads"
     if torch:
-        threads += f", torch on {run.get('torch_threads') or '?'}"
+        threads += f", torch on {_torch_threads(data)}"
     return (f"Machine: {cpu.get('brand_raw', '?')}, {cpu.get('count', '?')} logical CPUs; {threads}; {load}; "
             f"{'CUDA rows beside the CPU ones' if cuda else 'no GPU, so no CUDA rows (they appear when `pixdisc.cuda_available()`)'}"
             f". Medians of one pytest-benchmark run ({data.get('datetime', '?')[:10]}).")
@@ -79,7 +87,7 @@ def _command(data: dict[str, Any]) -> str:
 
 
 def _ms(seconds: float) -> str:
-    return f"{1e3 * seconds:#.3g} ms" if seconds < 1 else f"{seconds:#.3g} s"
+    return f"{1e3 * seconds:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
 
 
 def _duration(seconds: float) -> str:

@@ -1,6 +1,8 @@
 """BPDA through Discretize against a naive torch BPDA, and PGD attack steps per second (pytest-benchmark).
 
-Run: pytest benchmarks/test_bench_torch.py --benchmark-only --benchmark-json=bench-torch.json
+Run (the README's torch-layer table is written from the JSON by benchmarks/readme_tables.py):
+
+    PIXDISC_BENCH_TORCH_THREADS=1 python -m pytest benchmarks/test_bench_torch.py --benchmark-only --benchmark-json=benchmarks/torch.json
 
 Time: median of forward + backward (the BPDA gradient w.r.t. the input).
 Memory: ``extra_info["peak_mib"]`` is the peak resident-memory increase of
@@ -44,6 +46,12 @@ def _torch_threads():
         torch.set_num_threads(int(count))
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _record_threads(benchmark):
+    """Each row says the torch threads it ran on (the module fixture restores them before the JSON is written)."""
+    benchmark.extra_info["torch_threads"] = torch.get_num_threads()
 
 DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
 
