@@ -72,8 +72,10 @@ def render(data: dict[str, Any]) -> str:
     frag = data["fragmentation"]
     codes = ", ".join(str(c) for c in data["codebook"]["codes_255"])
     rows = data["unable"]
-    lines = [f"Command: `{data['command']}` ({data['seconds']:g} s, no model; the paper's row is read from "
-             "`pixdisc.paper.table_iv()`).", "",
+    machine = data["machine"]
+    lines = [f"Command: `{data['command']}` ({data['seconds']:g} s on {machine['cores']} cores, load average "
+             f"{machine['load_averages_before'][0]:.2f} before; no model; the paper's row is read from "
+             "`pixdisc.paper.table_iv()`), then `python benchmarks/readme_tables.py`.", "",
              f"On the {data['n_test']:,} {data['dataset']} test images, with codes fitted by Algorithm 1 "
              f"(k={data['codebook']['k']}, r={data['codebook']['r']:g}) on its {data['n_train']:,} training images: "
              f"the codes are {{{codes}}}/255; at eps={frag['eps']:g} the median fragmentation is "
