@@ -390,3 +390,122 @@ def test_unguarded_script_gets_a_clear_message(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert '__name__ == "__main__"' in done.stderr and "executor=\"serial\"" in done.stderr
+
+
+# --------------------------------------------------------------------------- issue 11 item 5: outcomes that mean what they say
+
+
+def test_unrealized_member_does_not_stop_branch_and_bound():
+    """Pixel 0 (gray 152/255, eps 0.1) admits code 0 that no input reaches; pixel 1 (130/255) really reaches
+    it. The first misclassified member branch and bound meets uses pixel 0's unreachable code; instead of
+    stopping there, the node splits pixel 0's codes by what pixdisc.realize verified, and the search goes
+    on to the real attack at pixel 1."""
+    codes = np.array([[0, 0, 0], [253, 253, 253]], np.uint8)
+    book = pixdisc.Codebook(codes)
+    x = np.ones((1, 3, 2, 2), np.float32)
+    x[0, :, 0, 0] = np.float32(152) / np.float32(255)
+    x[0, :, 0, 1] = np.float32(130) / np.float32(255)
+    sets = candidate_sets(x, book, 0.1, channel_axis=1)
+    assert sets.of(0).tolist() == [1, 0]  # the unreachable code is a candidate (the rule's slack)
+    from pixdisc.realize import pixel_options
+
+    options = pixel_options(x, book, 0.1)
+    assert options.codes[options.offsets[0] : options.offsets[1]].tolist() == [1]
+    assert options.codes[options.offsets[1] : options.offsets[2]].tolist() == [1, 0]
+    net = all_high_net(4, float(book.codes_.max()), channels=3)
+    result = certify(net, book, x, [0], 0.1, mode="bab", executor="serial", progress=False,
+                     budget=Budget(leaf_log2=0))
+    assert result.outcome.tolist() == ["failed"] and result.verified.all()
+    z = result.z_codes[0]
+    assert z[0] == 1 and z[1] == 0  # the real attack: pixel 1 low, pixel 0 as it must stay
+    x_adv = result.counterexample[0]
+    assert (np.abs(x_adv.astype(np.float64) - x[0].astype(np.float64)) <= 0.1).all()
+    with torch.no_grad():
+        assert int(net(torch.from_numpy(book.transform(x_adv[None], channel_axis=1))).argmax(1)) != 0
+
+
+@pytest.mark.parametrize("mode", ["paper", "bab"])
+def test_unable_records_its_reason(mode):
+    codes = np.array([[0, 0, 0], [253, 253, 253]], np.uint8)
+    book = pixdisc.Codebook(codes)
+    x = np.full((1, 3, 2, 2), np.float32(152) / np.float32(255), np.float32)
+    net = all_high_net(4, float(book.codes_.max()), channels=3)
+    from pixdisc.certification.engine import _Engine
+
+    engine = _Engine(net, book, 0.1, mode, 64.0, "crown", "auto", Budget(), 64, (3, 2, 2), "cpu")
+    records = engine.certify_samples(engine.prepare(x, np.array([0]), [0]))
+    assert [r.outcome for r in records] == ["unable"] and not records[0].verified
+    assert "no verified input realizes" in records[0].reason and "pixel" in records[0].reason
+    assert records[0].z_codes is not None
+    from pixdisc.certification.result import _Record
+
+    line = json.dumps(records[0].to_json())  # the checkpoint line
+    back = _Record.from_json(json.loads(line))
+    assert back.reason == records[0].reason and back.outcome == "unable"
+    old = json.loads(line)
+    del old["reason"]  # a checkpoint written before the field existed
+    assert _Record.from_json(old).reason == ""
+    # Paper mode above b says so.
+    engine = _Engine(net, book, 0.1, "paper", 1.0, "crown", "auto", Budget(), 64, (3, 2, 2), "cpu")
+    records = engine.certify_samples(engine.prepare(x, np.array([0]), [0]))
+    assert records[0].outcome == "unable" and "b = 1" in records[0].reason
+
+
+def elementwise_exhaustive(net, book, image, label, eps):
+    """Ground truth for a one-channel codebook on C-channel images: every value is its own pixel."""
+    sets = candidate_sets(image.reshape(1, 1, -1), book, eps, rule="exact", channel_axis=1)
+    choices = [book.codes_[sets.of(p), 0] for p in range(image.size)]
+    with torch.no_grad():
+        for combo in itertools.product(*choices):
+            if int(net(torch.tensor(np.array(combo, np.float32).reshape(1, *image.shape))).argmax(1)) != label:
+                return "failed"
+    return "certified"
+
+
+@pytest.mark.parametrize("mode", ["paper", "bab"])
+def test_one_channel_codebook_on_rgb_images_works_element_wise(mode):
+    """It used to pass the channel check and crash (shape '[-1, 3, 2, 2]' is invalid)."""
+    rng = np.random.default_rng(2)
+    book = pixdisc.Codebook(np.array([[0.0], [0.3], [0.6], [1.0]], np.float32))
+    x = (rng.integers(0, 256, size=(10, 3, 1, 2)) / np.float32(255)).astype(np.float32)
+    net = tiny_net(6, seed=2)
+    with torch.no_grad():
+        y = net(torch.from_numpy(book.transform(x))).argmax(1).numpy()  # element-wise, as everywhere
+    y[::4] = (y[::4] + 1) % 3
+    result = certify(net, book, x, y, 0.1, mode=mode, b=64, executor="serial", progress=False,
+                     budget=Budget(nodes=10_000, seconds=60, leaf_log2=3))
+    assert (result.outcome != "unable").all()
+    for i in range(len(x)):
+        assert result.outcome[i] == elementwise_exhaustive(net, book, x[i], y[i], 0.1), i
+    for i in np.flatnonzero(result.outcome == "failed"):
+        x_adv = result.counterexample[i]
+        assert x_adv.shape == x[i].shape and result.verified[i]
+        assert (np.abs(x_adv.astype(np.float64) - x[i].astype(np.float64)) <= 0.1).all()
+        with torch.no_grad():
+            assert int(net(torch.from_numpy(book.transform(x_adv[None]))).argmax(1)) != y[i]
+
+
+def test_codebook_channels_that_fit_no_image_are_refused_clearly():
+    from pixdisc.certification.engine import _Engine
+
+    book2 = pixdisc.Codebook(np.array([[0.0, 0.0], [1.0, 1.0]], np.float32))
+    net = tiny_net(12)
+    with pytest.raises(ValueError, match="channels"):
+        certify(net, book2, np.zeros((2, 3, 2, 2), np.float32), [0, 0], 0.1, executor="serial", progress=False)
+    with pytest.raises(ValueError, match=r"\(3, 2, 2\).*3 channels.*2"):
+        _Engine(net, book2, 0.1, "bab", 64.0, "crown", "auto", Budget(), 64, (3, 2, 2), "cpu")
+
+
+def test_certify_table_shows_b_only_for_paper_mode():
+    from pixdisc.report import certify_table
+
+    row = {"eps": 0.1, "b": 20.0, "unable_rate": 0.1, "certified_rate": 0.8, "failed_rate": 0.1,
+           "lower_hoeffding": 0.5, "lower_clopper_pearson": 0.6, "lower_paper_formula": 0.55, "wall_seconds": 1.0}
+    bab = certify_table([{**row, "mode": "bab"}])
+    assert "| b |" not in bab and "20" not in bab
+    assert bab.splitlines()[0].count("|") == bab.splitlines()[1].count("|") == bab.splitlines()[2].count("|")
+    paper = certify_table([{**row, "mode": "paper"}])
+    assert "| eps | b |" in paper and "| 0.100 | 20 |" in paper
+    mixed = certify_table([{**row, "mode": "paper"}, {**row, "mode": "bab"}]).splitlines()
+    assert "| 0.100 | 20 |" in mixed[2] and "| 0.100 | - |" in mixed[3]
+    assert len({line.count("|") for line in mixed}) == 1

@@ -266,7 +266,7 @@ PYBIND11_MODULE(_core, m) {
          double eps, int rule, bool counts_only) {
         const auto layout = layout_of(x, outer, channels, inner);
         auto a = require<float>(x, "x");
-        if (rule < 0 || rule > 1) throw py::value_error("rule must be 0 (sound) or 1 (exact)");
+        if (rule < 0 || rule > 2) throw py::value_error("rule must be 0 (sound), 1 (exact) or 2 (tight)");
         pixdisc::CandidateSets sets;
         {
           py::gil_scoped_release release;

@@ -166,6 +166,140 @@ void sound_sets(const NearestIndex& index, const float* x, PixelLayout layout, d
   });
 }
 
+// Tight rule: j leaves the sound set when one code i beats it everywhere on
+// the box B = prod_c [lo_c, hi_c] (the float32 ends of the ball per channel),
+// by more than kTightSlack: min over B of q(p, c_j) - q(p, c_i) > tau, where q
+// is the kernel's distance (squared for l2). The kernel picks j at p only if
+// its float distance is at most i's, which in the reals means
+// q(p, c_j) <= q(p, c_i) + 4.4e-6 < q + tau (see kTightSlack): such a j is
+// never dropped. Each minimum is taken in real arithmetic (double, errors
+// ~1e-16, far below tau):
+//  - l2: q(p,j) - q(p,i) = sum_c (i_c - j_c)(2 p_c - i_c - j_c), linear in
+//    each p_c: the minimum is at lo_c or hi_c, channel by channel.
+//  - l1: sum_c |p_c - j_c| - |p_c - i_c|, separable, and each term is monotone
+//    in p_c (constant, linear between i_c and j_c, constant): the minimum is at
+//    lo_c or hi_c, channel by channel.
+//  - linf: some p has max_c |p_c - j_c| <= max_c |p_c - i_c| + tau iff for
+//    some channel c' (the one where i's distance is largest) there is an s in
+//    [lo_c', hi_c'] with |s - j_c'| - |s - i_c'| <= tau and
+//    |s - i_c'| >= M - tau, M = max over the other channels c of the distance
+//    from j_c to [lo_c, hi_c] (those channels move to it freely). The first
+//    set is a half-line in s (|s-j| - |s-i| is monotone), the second the
+//    outside of an interval: both are intersected exactly.
+// A dominator of j is always closer to x than j, so it is in the sound set:
+// scanning only the sound set loses nothing.
+bool linf_channel_admits(double lo, double hi, double j, double i, double m, double tau) {
+  double a = lo, b = hi;  // [a, b] = [lo, hi] ∩ {s : |s - j| - |s - i| <= tau}
+  if (j < i && tau < i - j) b = std::min(b, 0.5 * (i + j + tau));
+  if (j > i && tau < j - i) a = std::max(a, 0.5 * (i + j - tau));
+  if (a > b) return false;
+  const double r = m - tau;  // need |s - i| >= r
+  if (r <= 0.0) return true;
+  return a <= i - r || b >= i + r;
+}
+
+template <int C>
+bool dominated(Metric metric, const double* lo, const double* hi, const float* j, const float* i, double tau) {
+  if (metric == Metric::l2) {
+    double least = 0.0;
+    for (int c = 0; c < C; ++c) {
+      const double w = double(i[c]) - double(j[c]), s = double(i[c]) + double(j[c]);
+      least += std::min(w * (2.0 * lo[c] - s), w * (2.0 * hi[c] - s));
+    }
+    return least > tau;
+  }
+  if (metric == Metric::l1) {
+    double least = 0.0;
+    for (int c = 0; c < C; ++c) {
+      const double jc = j[c], ic = i[c];
+      auto g = [&](double p) { return std::fabs(p - jc) - std::fabs(p - ic); };
+      least += std::min(g(lo[c]), g(hi[c]));
+    }
+    return least > tau;
+  }
+  double gap[C];  // distance from j_c to [lo_c, hi_c]
+  for (int c = 0; c < C; ++c) gap[c] = std::max({0.0, lo[c] - double(j[c]), double(j[c]) - hi[c]});
+  for (int c = 0; c < C; ++c) {
+    double m = 0.0;
+    for (int o = 0; o < C; ++o)
+      if (o != c) m = std::max(m, gap[o]);
+    if (linf_channel_admits(lo[c], hi[c], j[c], i[c], m, tau)) return false;
+  }
+  return true;
+}
+
+// Members of one pixel under the tight rule (star first, then ascending).
+template <int C>
+void tight_members(const NearestIndex& index, const float* pixel, double eps, double threshold_extra, int star,
+                   std::vector<int32_t>& sound, std::vector<int32_t>& out) {
+  const std::vector<float>& codes = index.codes();
+  const Metric metric = index.metric();
+  const double limit = true_distance<C>(metric, pixel, 1, codes.data() + star * C) + threshold_extra;
+  sound.clear();
+  for (int j = 0; j < index.k(); ++j)
+    if (j == star || true_distance<C>(metric, pixel, 1, codes.data() + j * C) <= limit) sound.push_back(j);
+  double lo[C], hi[C];
+  for (int c = 0; c < C; ++c) {
+    float l, h;
+    ball_ends(pixel[c], eps, l, h);
+    lo[c] = l;
+    hi[c] = h;
+  }
+  out.clear();
+  out.push_back(star);
+  for (int32_t j : sound) {
+    if (j == star) continue;
+    bool beaten = false;
+    for (int32_t i : sound)
+      if (i != j && dominated<C>(metric, lo, hi, codes.data() + j * C, codes.data() + i * C, kTightSlack)) {
+        beaten = true;
+        break;
+      }
+    if (!beaten) out.push_back(j);
+  }
+}
+
+template <int C>
+void tight_sets(const NearestIndex& index, const float* x, PixelLayout layout, double eps, bool counts_only,
+                CandidateSets& out) {
+  const double threshold_extra = 2.0 * pixel_move(index.metric(), C, eps) + kCandidateSlack;
+  const int64_t n = layout.pixels(), inner = layout.inner;
+  std::vector<int32_t> counts(n);
+  out.nearest.resize(n);
+  // Pass 1 counts, pass 2 fills: the same deterministic function both times.
+  for (int pass = 0; pass < (counts_only ? 1 : 2); ++pass) {
+    if (pass == 1) {
+      out.offsets.assign(n + 1, 0);
+      for (int64_t p = 0; p < n; ++p) out.offsets[p + 1] = out.offsets[p] + counts[p];
+      out.members.resize(out.offsets[n]);
+    }
+    parallel_for(n, 1024, [&](int64_t begin, int64_t end, int) {
+      std::vector<int32_t> sound, members;
+      int64_t o = begin / inner, i = begin % inner;
+      for (int64_t p = begin; p < end; ++p) {
+        float contiguous[C];
+        for (int c = 0; c < C; ++c) {
+          contiguous[c] = x[o * C * inner + i + c * inner];
+          if (!in_unit_range(contiguous[c])) {
+            std::ostringstream msg;
+            msg << "pixel values must lie in [0, 1] (float input) but found " << contiguous[c];
+            throw std::invalid_argument(msg.str());
+          }
+        }
+        if (pass == 0) out.nearest[p] = index.nearest(contiguous);
+        tight_members<C>(index, contiguous, eps, threshold_extra, out.nearest[p], sound, members);
+        if (pass == 0) counts[p] = static_cast<int32_t>(members.size());
+        else std::copy(members.begin(), members.end(), out.members.begin() + out.offsets[p]);
+        if (++i == inner) { i = 0; ++o; }
+      }
+    });
+  }
+  if (counts_only) {
+    out.offsets.assign(n + 1, 0);
+    for (int64_t p = 0; p < n; ++p) out.offsets[p + 1] = out.offsets[p] + counts[p];
+  }
+}
+
 void exact_sets(const NearestIndex& index, const SortedCodes& sorted, const float* x, PixelLayout layout,
                 double eps, bool counts_only, CandidateSets& out) {
   const std::vector<float>& codes = index.codes();
@@ -228,6 +362,16 @@ CandidateSets candidate_sets(const NearestIndex& index, const float* x, PixelLay
       return out;
     }
     sound_sets<1>(index, x, layout, eps, counts_only, out);  // see exact_rule_applies
+    return out;
+  }
+  if (rule == CandidateRule::tight) {
+    switch (index.channels()) {
+      case 1: tight_sets<1>(index, x, layout, eps, counts_only, out); break;
+      case 2: tight_sets<2>(index, x, layout, eps, counts_only, out); break;
+      case 3: tight_sets<3>(index, x, layout, eps, counts_only, out); break;
+      case 4: tight_sets<4>(index, x, layout, eps, counts_only, out); break;
+      default: throw std::invalid_argument("unsupported channel count");
+    }
     return out;
   }
   switch (index.channels()) {

@@ -290,7 +290,7 @@ def kmeans_codebook(values: Any, weights: Any, k: int, seed: int, max_iter: int,
 
 def candidate_sets(index: NearestIndex, x: Any, outer: int, channels: int, inner: int, eps: float, rule: int,
                    counts_only: bool = False) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-pixel candidate sets as CSR ``(nearest, offsets, members)`` (NumPy); ``rule`` 0 sound, 1 exact.
+    """Per-pixel candidate sets as CSR ``(nearest, offsets, members)`` (NumPy); ``rule`` 0 sound, 1 exact, 2 tight.
 
     float32 pixels. There is no CUDA kernel for candidate sets yet: CUDA data
     is copied to the host here, the one place that does so.

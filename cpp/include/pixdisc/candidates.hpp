@@ -20,6 +20,14 @@ enum class CandidateRule : int {
   // ball (lowest index per value). No slack; see candidates.cpp for the proof
   // and the one fallback (l2 with code values closer than 2^-60 uses `sound`).
   exact = 1,
+  // Any C: the sound set, less every code j that a single other code i beats
+  // everywhere on the float32 box of the ball: min over the box of
+  // q(p, c_j) - q(p, c_i) > kTightSlack, with q the kernel's own distance
+  // (squared for l2). Per pair this minimum is computed exactly (l2: linear,
+  // l1: separable, linf: one 1-D problem per channel); see candidates.cpp.
+  // A code no single code beats may still be nearest nowhere on the box (for
+  // l2 the Python layer then decides the Voronoi cell's LP).
+  tight = 2,
 };
 
 // How far an image-level l_inf perturbation of size eps can move one pixel,
@@ -48,6 +56,12 @@ PIXDISC_HD double true_distance(Metric metric, const float* x, long long stride,
 // makes (relative 1e-7 on distances <= 2), so the candidate set is a superset
 // of every reachable code.
 constexpr double kCandidateSlack = 1e-6;
+
+// Slack of the tight rule, in the kernel's distance units (squared for l2): a
+// float32 distance of at most 4 ops per channel (C <= 4, values in [0, 1]) is
+// within 9 * 2^-24 relative, i.e. 2.2e-6 absolute, of the real one, so when
+// the kernel picks j over i, q(p, c_j) <= q(p, c_i) + 4.4e-6 in the reals.
+constexpr double kTightSlack = 1e-5;
 
 // Digit of `rank` at a position of a mixed radix number (least significant
 // position first): stride is the product of the radices before it. Both

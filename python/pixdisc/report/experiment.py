@@ -332,12 +332,24 @@ def write_report(result: Mapping[str, Any], out_dir: str | os.PathLike[str],
 
 def certify_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown table of certification summaries (``CertifyResult.summary()``), one row per eps, as the
-    paper's Table IV: Unable / Success / Fail rates and the lower bounds on the certified fraction."""
-    lines = ["| eps | b | Unable | Success (s_hat) | Fail | Hoeffding LB | Clopper-Pearson LB | paper formula | seconds |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    paper's Table IV: Unable / Success / Fail rates and the lower bounds on the certified fraction.
+
+    The enumeration budget b applies to paper mode only: its column appears when some row is in paper
+    mode, and reads "-" on the other rows (branch and bound has no b)."""
+
+    def uses_b(r: Mapping[str, Any]) -> bool:
+        return r.get("mode", "paper") == "paper" and "b" in r
+
+    with_b = any(uses_b(r) for r in rows)
+    head = ["eps"] + (["b"] if with_b else []) + ["Unable", "Success (s_hat)", "Fail", "Hoeffding LB",
+                                                  "Clopper-Pearson LB", "paper formula", "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for r in rows:
-        lines.append(f"| {r['eps']:.3f} | {r['b']:g} | {100 * r['unable_rate']:.2f}% | {100 * r['certified_rate']:.2f}% | "
-                     f"{100 * r['failed_rate']:.2f}% | {100 * r['lower_hoeffding']:.2f}% | "
-                     f"{100 * r['lower_clopper_pearson']:.2f}% | {100 * r['lower_paper_formula']:.2f}% | "
-                     f"{r['wall_seconds']:.1f} |")
+        cells = [f"{r['eps']:.3f}"]
+        if with_b:
+            cells.append(f"{r['b']:g}" if uses_b(r) else "-")
+        cells += [f"{100 * r['unable_rate']:.2f}%", f"{100 * r['certified_rate']:.2f}%", f"{100 * r['failed_rate']:.2f}%",
+                  f"{100 * r['lower_hoeffding']:.2f}%", f"{100 * r['lower_clopper_pearson']:.2f}%",
+                  f"{100 * r['lower_paper_formula']:.2f}%", f"{r['wall_seconds']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
