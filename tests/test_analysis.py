@@ -62,13 +62,17 @@ def test_fragmentation_rgb_matches_numpy(rgb_images, eps):
     book = pixdisc.Codebook(codes)
     counts = reference_counts_sound(rgb_images.reshape(-1, 3), codes, eps).reshape(6, 20)
     expected = np.log(counts).sum(axis=1) / (20 * math.log(7))
-    got = analysis.fragmentation(rgb_images, book, eps)
+    got = analysis.fragmentation(rgb_images, book, eps, rule="sound")
     assert got.shape == (6,) and got.dtype == np.float64
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(analysis.ambiguous_counts(rgb_images, book, eps), (counts > 1).sum(axis=1))
+    np.testing.assert_array_equal(analysis.ambiguous_counts(rgb_images, book, eps, rule="sound"),
+                                  (counts > 1).sum(axis=1))
     # NCHW with the channel axis named gives the same per-image numbers.
     nchw = np.ascontiguousarray(rgb_images.transpose(0, 3, 1, 2))
-    np.testing.assert_allclose(analysis.fragmentation(nchw, book, eps, channel_axis=1), expected, rtol=1e-12)
+    np.testing.assert_allclose(analysis.fragmentation(nchw, book, eps, channel_axis=1, rule="sound"), expected,
+                               rtol=1e-12)
+    # The default for colour is the tight rule: never more candidates than the sound one.
+    assert (analysis.fragmentation(rgb_images, book, eps) <= got + 1e-12).all()
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.05, 0.2])

@@ -59,7 +59,7 @@ def fragmentation(x: Any, codebook: Codebook, eps: float, channel_axis: Optional
     perturbation of size ``eps``; 1 means every pixel can reach every code.
     ``rule`` is the candidate rule of :func:`pixdisc.candidates.candidate_sets`:
     ``auto`` uses the exact reachable set for one channel (the set Section
-    V-A defines) and the sound superset for colour. With one code the measure
+    V-A defines) and the tight sound superset for colour. With one code the measure
     is 0 (nothing can change), not log_1's 0/0.
     """
     counts = _per_image_counts(x, codebook, eps, rule, channel_axis)
