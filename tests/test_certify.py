@@ -295,6 +295,7 @@ if __name__ == "__main__":  # worker processes are spawned and re-import this fi
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_with_nothing_lost_or_repeated(tmp_path):
     """Kill the certifying process (and its workers) mid-run; the resumed run equals an uninterrupted one."""
     script = tmp_path / "run.py"
@@ -320,6 +321,7 @@ def test_killed_run_resumes_with_nothing_lost_or_repeated(tmp_path):
     np.testing.assert_array_equal(np.load(str(partial) + ".npy"), np.load(str(full) + ".npy"))
 
 
+@pytest.mark.slow
 def test_dask_local_cluster():
     distributed = pytest.importorskip("distributed")
     codes = np.array([[0.0], [0.5], [1.0]], np.float32)
@@ -378,6 +380,7 @@ def test_certified_training_beats_natural_training_on_the_certificate(tmp_path):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.slow
 def test_unguarded_script_gets_a_clear_message(tmp_path):
     """Spawned workers re-import an unguarded script and die: the error says why and what to do."""
     script = tmp_path / "unguarded.py"

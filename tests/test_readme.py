@@ -22,6 +22,7 @@ def _python_blocks() -> list[str]:
     return blocks
 
 
+@pytest.mark.slow
 def test_readme_python_blocks_run(tmp_path, single_torch_thread):
     blocks = _python_blocks()
     assert len(blocks) >= 4

@@ -31,6 +31,7 @@ def _sections(index: str) -> dict:
     return dict(re.findall(r"<!-- pixdisc:(\w+):start -->\n(.*?)<!-- pixdisc:\1:end -->", index, re.S))
 
 
+@pytest.mark.slow
 def test_quick_all_writes_every_target(quick_report):
     out, results = quick_report
     assert set(results) == set(TARGETS) - {"all"}
@@ -50,6 +51,7 @@ def test_quick_all_writes_every_target(quick_report):
     assert results["fig7"]["pngs"]
 
 
+@pytest.mark.slow
 def test_quick_tables_compare_with_paper(quick_report):
     _, results = quick_report
     mnist = [row for row in results["table2"]["rows"] if row["dataset"] == "mnist" and row["status"] == "ok"]
@@ -62,6 +64,7 @@ def test_quick_tables_compare_with_paper(quick_report):
     assert rows[0]["unable_data_only"] == 0  # eps=0: every pixel keeps its code
 
 
+@pytest.mark.slow
 def test_missing_data_gives_rows_not_errors(quick_report, tmp_path):
     _, results = quick_report
     cifar = [row for row in results["table1"]["rows"] if row["dataset"] == "cifar10"]
@@ -76,6 +79,7 @@ def test_missing_data_gives_rows_not_errors(quick_report, tmp_path):
     assert "missing" in (tmp_path / "out" / "index.md").read_text()
 
 
+@pytest.mark.slow
 def test_rerun_reuses_cached_models_and_merges_index(quick_report, monkeypatch):
     out, results = quick_report
     assert list((out / "models").rglob("*.pt"))
