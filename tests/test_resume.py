@@ -97,6 +97,13 @@ def test_interrupted_experiment_keeps_finished_artefacts_and_resumes(monkeypatch
     assert again["settings"] == result["settings"] and again["curve"] == result["curve"]
 
 
+def test_an_interrupt_before_anything_finished_leaves_the_output_folder(monkeypatch, tmp_path):
+    _interrupt_after(monkeypatch, experiments, "load_data", 0)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(TINY, tmp_path / "run", progress=False)
+    assert (tmp_path / "run").is_dir()
+
+
 def test_a_cache_of_another_configuration_is_not_reused(monkeypatch, tmp_path):
     out = tmp_path / "run"
     run_experiment(TINY, out, progress=False)
@@ -251,6 +258,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # spawns Python processes (seconds each on a busy machine)
 def test_records_stream_from_worker_processes_before_their_chunk_ends(tmp_path):
     """A worker whose chunk of 50 never finishes still gets its decided samples into the checkpoint."""
     script = tmp_path / "run.py"
@@ -293,6 +301,7 @@ print("".join(o[0] for o in result.outcome))
 """
 
 
+@pytest.mark.slow  # spawns Python processes (seconds each on a busy machine)
 @pytest.mark.parametrize("how", ["-c", "stdin"])
 def test_notebook_model_certifies_with_the_default_executor(how):
     """More than 64 images (several chunks, so a process pool) and a class workers cannot import."""
@@ -325,6 +334,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # spawns Python processes (seconds each on a busy machine)
 def test_a_model_workers_cannot_rebuild_falls_back_to_this_process(tmp_path):
     script = tmp_path / "guarded.py"
     script.write_text(_GUARDED_SCRIPT)

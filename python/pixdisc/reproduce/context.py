@@ -193,8 +193,13 @@ def _six_settings(ctx: _Context, data: datasets.Dataset, codebook: Codebook | No
     config = _config(ctx, data).replace(settings=tuple(settings))
     defense = None if codebook is None else Discretize(codebook, bpda=config.bpda, alpha=config.alpha)
     x_train, y_train, _, _ = _float_split(data, config.n_train, config.n_test)
+    def checkpoint(name: str) -> Path:
+        # Beside where _store saves the finished network: an interrupt loses at most the epoch it was in.
+        folder = ctx.out / "checkpoints" / ctx.tag / data.name
+        return folder / (f"{name}.ckpt" if name in ("nat_pre", "adv_pre") else f"{book_tag}-{name}.ckpt")
+
     return train_settings(config, x_train, y_train, defense, data.num_classes, progress=ctx.progress,
-                          store=_store(ctx, data, codebook, book_tag, config)).models
+                          store=_store(ctx, data, codebook, book_tag, config), checkpoints=checkpoint).models
 
 
 def _evaluate(ctx: _Context, data: datasets.Dataset, models: Mapping[str, nn.Module], book_tag: str
