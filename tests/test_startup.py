@@ -207,6 +207,27 @@ _IMPORTS = {
 _NOT_IN_TEST_EXTRA = ("torch", "torchvision", "tqdm", "matplotlib", "mlxtend", "sklearn", "torchattacks", "art",
                       "distributed", "dask")
 _PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+# Code that makes modules look uninstalled: importing them raises ModuleNotFoundError and
+# importlib.util.find_spec returns None. (Putting None in sys.modules would break
+# libraries that test `"torch" in sys.modules`.)
+_MISSING = """\
+import importlib.abc, importlib.util, sys
+MISSING = {names!r}
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in MISSING:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+sys.meta_path.insert(0, Missing())
+real_find_spec = importlib.util.find_spec
+def find_spec(name, package=None):
+    return None if name.split(".")[0] in MISSING else real_find_spec(name, package)
+importlib.util.find_spec = find_spec
+"""
+
+
+def _missing(names) -> str:
+    return _MISSING.format(names=tuple(names))
 
 
 def _third_party_imports() -> dict[str, set[str]]:
@@ -267,14 +288,7 @@ def test_suite_collects_without_the_optional_extras(tmp_path):
     must skip the files that need them instead of erroring."""
     tests = Path(__file__).resolve().parent
     code = (
-        "import importlib.abc, sys\n"
-        f"BLOCKED = {_NOT_IN_TEST_EXTRA!r}\n"
-        "class Missing(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in BLOCKED:\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r} (blocked)', name=name)\n"
-        "        return None\n"
-        "sys.meta_path.insert(0, Missing())\n"
+        _missing(_NOT_IN_TEST_EXTRA) +
         "import pytest\n"
         f"sys.exit(pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', {str(tests)!r}]))\n"
     )
@@ -316,3 +330,31 @@ def test_readme_shows_the_ci_test_command():
     command = _ci_test_command()
     readme = (_ROOT / "README.md").read_text(encoding="utf-8")
     assert command in readme, f"README.md should show the test command of .ci/run: {command}"
+
+
+def test_torch_extra_alone_gives_a_working_torch_layer(tmp_path):
+    """As after `pip install '.[torch]'`: with the data, integrations and distributed extras missing, every
+    torch-layer module imports and a defended model is attacked, certified and summarised."""
+    pytest.importorskip("torch")
+    pytest.importorskip("tqdm")
+    pytest.importorskip("scipy")
+    blocked = ("mlxtend", "sklearn", "PIL", "torchattacks", "art", "distributed", "dask")
+    code = (
+        "import importlib\n"
+        + _missing(blocked) +
+        "for module in ('attacks', 'train', 'experiments', 'reproduce', 'certification', 'evaluation', 'plan',\n"
+        "               'statistics', 'models', 'discretize', 'report', 'cli'):\n"
+        "    importlib.import_module('pixdisc.' + module)\n"
+        "import torch, pixdisc\n"
+        "from pixdisc.evaluation import robustness_interval\n"
+        "torch.manual_seed(0)\n"
+        "book = pixdisc.Codebook([[0.0], [1.0]])\n"
+        "model = torch.nn.Sequential(pixdisc.Discretize(book), torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()\n"
+        "x, y = torch.rand(5, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1])\n"
+        "certificate = pixdisc.certify(model[1:], book, x, y, eps=0.05, workers=1).summary()\n"
+        "interval = robustness_interval(model, x, y, eps=0.05, steps=2, step_size=0.02, progress=False).summary()\n"
+        "print('summary', certificate['n'], interval['n'])\n"
+    )
+    result = _run(code, tmp_path / "cache", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "summary 5 5"
