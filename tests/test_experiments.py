@@ -89,6 +89,12 @@ def test_demo_quick_writes_parseable_files(quick_demo):
     assert table[0].count("|") == table[1].count("|") == table[2].count("|")
     assert "ceiling (attacked)" in table[0] and "floor (certified)" in table[0] and "paper robust" in table[0]
     assert "arXiv:1805.07816" in markdown
+    # The curve runs the table's suite (what applies to each setting) from eps = 0, clean accuracy.
+    curve = saved["curve"]
+    assert curve["eps"][0] == 0 and curve["attacks"]["disc_nat_pre"][0] == "sx"
+    assert "sx" not in curve["attacks"]["nat_pre"] and "pgd_ce" in curve["attacks"]["nat_pre"]
+    for values in curve["settings"].values():
+        assert values[0] >= max(values[1:])
     # Quick runs say so; every accuracy is a fraction with its 95% interval around it.
     assert "Quick run: reduced budgets, numbers not comparable" in markdown
     for row in saved["settings"].values():

@@ -25,7 +25,7 @@ from .certification import Budget
 from .codebook import Codebook, DensityCodebook
 from .discretize import Discretize
 from .evaluation import robustness_interval
-from .models import load_model, save_model
+from .models import _model_device, load_model, save_model
 from .report import paper_reference, write_report
 from .plan import TRAINED_NETWORKS, networks_to_train, train_settings
 from .train import SETTINGS
@@ -113,11 +113,13 @@ class ExperimentConfig:
     n_train: int | None = None
     n_test: int | None = 1000
     eval_batch_size: int = 500
-    # Robustness-vs-eps curve (PGD-CE only, a cheaper attack than the table's).
+    # Robustness-vs-eps curve: the table's attack suite (what applies to each setting) with
+    # curve_steps steps for the gradient attacks, on the first curve_n test images. eps = 0
+    # is clean accuracy; the grid should run past the eps at which every defense must fall.
     curve_eps: tuple[float, ...] = ()
     curve_settings: tuple[str, ...] = ("nat_pre", "disc_nat_pre", "adv_pre", "disc_adv_pre")
     curve_steps: int = 40
-    curve_n: int = 200
+    curve_n: int = 100
     settings: tuple[str, ...] = SETTINGS
     seed: int = 0
     device: str | None = None
@@ -152,7 +154,9 @@ DEMO_CONFIG = ExperimentConfig(
     adversarial_epochs=20,
     adversarial_warm_start=False,
     adversarial_lr_milestones=(16,),
-    curve_eps=(0.1, 0.2, 0.3, 0.4),
+    # Codes {0, 253}/255 meet at 126.5/255 = 0.496: beyond it every pixel can take either code, so
+    # every setting must reach 0 by eps = 0.5 (the gradient-masking sanity check); 0.6 shows it stays.
+    curve_eps=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
 )
 
 # A reduced run for tests and smoke checks: tiny subsets, few steps. Its
@@ -169,7 +173,7 @@ QUICK_CONFIG = ExperimentConfig(
     n_train=600,
     n_test=60,
     eval_batch_size=60,
-    curve_eps=(0.1, 0.3),
+    curve_eps=(0.0, 0.1, 0.3),
     curve_steps=3,
     curve_n=30,
     square_queries=20,
@@ -382,19 +386,27 @@ def _eps_curve(config: ExperimentConfig, models: Mapping[str, nn.Module], x_test
         return None
     count = min(config.curve_n, len(x_test))
     curve: dict[str, Any] = {"eps": list(config.curve_eps), "steps": config.curve_steps, "n": count,
-                             "attack": "pgd_ce", "settings": {}}
+                             "attacks": {}, "settings": {}}
     for name in names:
         stages.set_description(f"eps curve {name}")
+        attacks = applicable_attacks(models[name], config.attacks)  # the table's suite for this setting
+        curve["attacks"][name] = attacks
 
-        def compute(model: nn.Module = models[name]) -> list[float]:
+        def compute(model: nn.Module = models[name], attacks: list[str] = attacks) -> list[float]:
             values = []
             for eps in config.curve_eps:
+                if eps == 0:  # nothing to attack: robust accuracy is clean accuracy
+                    with torch.no_grad():
+                        predictions = model(x_test[:count].to(_model_device(model, x_test.device))).argmax(1).cpu()
+                    values.append(float((predictions == y_test[:count]).float().mean()))
+                    continue
                 # Madry et al.'s rule of thumb: step = 2.5 eps / steps, so the attack can cross the ball.
                 step_size = 2.5 * eps / max(config.curve_steps, 1)
-                outcome = evaluate_robustness(
-                    model, x_test[:count], y_test[:count], attack_specs(eps, config.curve_steps, step_size,
-                                                                        ["pgd_ce"]),
-                    batch_size=config.eval_batch_size, seed=config.seed, eps=eps, keep_adv=False, progress=False)
+                specs = attack_specs(eps, config.curve_steps, step_size, attacks,
+                                     square_queries=config.square_queries, seed=config.seed)
+                outcome = evaluate_robustness(model, x_test[:count], y_test[:count], specs,
+                                              batch_size=config.eval_batch_size, seed=config.seed, eps=eps,
+                                              keep_adv=False, progress=False)
                 values.append(outcome.robust_accuracy)
             return values
 

@@ -183,7 +183,15 @@ def _describe(result: Mapping[str, Any]) -> list[str]:
         f"(branch and bound, {_budget_text(attack.get('certify_budget'))} per image, on the images no attack "
         f"broke); where nothing is undecided it is exact",
         f"- model: `{result['training']['arch']}`; training: {_training_summary(result['training'])}",
-    ]
+    ] + _curve_text(result.get("curve"))
+
+
+def _curve_text(curve: Mapping[str, Any] | None) -> list[str]:
+    if not curve or not curve.get("settings"):
+        return []
+    suite = "PGD-CE" if curve.get("attack") == "pgd_ce" else "the table's attacks that apply to each setting"
+    return [f"- robustness against eps (`robustness_vs_eps.png`): {suite}, gradient attacks {curve['steps']} "
+            f"steps, on the first {curve['n']} test images; eps = 0 is clean accuracy"]
 
 
 def _budget_text(budget: Mapping[str, Any] | None) -> str:
@@ -299,7 +307,8 @@ def plot_eps_curve(result: Mapping[str, Any], path: str | os.PathLike[str]) -> P
     curve = result.get("curve")
     if not curve or not curve.get("settings"):
         return None
-    title = (f"{result['dataset']['name']}: PGD-CE, {curve['steps']} steps, n={curve['n']}"
+    attack = "PGD-CE" if curve.get("attack") == "pgd_ce" else "attack suite"  # older results: PGD-CE only
+    title = (f"{result['dataset']['name']}: {attack}, {curve['steps']} steps, n={curve['n']}"
              + (f"\n({quick_label(result)})" if quick_label(result) else ""))
     with png_figure(path, (6, 4.5), title) as (_, axes):
         for name, values in curve["settings"].items():
