@@ -512,3 +512,13 @@ def test_certify_table_shows_b_only_for_paper_mode():
     mixed = certify_table([{**row, "mode": "paper"}, {**row, "mode": "bab"}]).splitlines()
     assert "| 0.100 | 20 |" in mixed[2] and "| 0.100 | - |" in mixed[3]
     assert len({line.count("|") for line in mixed}) == 1
+
+
+def test_certify_result_carries_each_unable_reason():
+    codes = np.array([[0, 0, 0], [253, 253, 253]], np.uint8)
+    book = pixdisc.Codebook(codes)
+    x = np.full((2, 3, 2, 2), np.float32(152) / np.float32(255), np.float32)
+    net = all_high_net(4, float(book.codes_.max()), channels=3)
+    result = certify(net, book, x, np.array([0, 0]), 0.1, mode="paper", b=1.0, executor="serial", progress=False)
+    assert list(result.outcome) == ["unable", "unable"]
+    assert all("b = 1" in reason for reason in result.reason)

@@ -335,6 +335,7 @@ def _result(records: Dict[int, _Record], x: np.ndarray, config: Dict[str, Any], 
         delta=delta,
         wall_seconds=time.monotonic() - started,
         method=np.array([r.method for r in ordered], dtype=object),
+        reason=np.array([r.reason for r in ordered], dtype=object),
     )
 
 

@@ -90,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise  # pragma: no cover - error() exits
     except KeyboardInterrupt:
         hint = ""
-        if getattr(args, "checkpoint", None) is not None:
+        if getattr(args, "checkpoint", None) is not None and args.checkpoint.exists():
             hint = f"; run the same command again to resume from {args.checkpoint}"
         print(f"pixdisc {args.command}: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
