@@ -48,8 +48,8 @@ def _make_codebook(args: argparse.Namespace):
 def cmd_codes(args: argparse.Namespace) -> int:
     """Fit a codebook, write it, print the codes."""
     refuse_overwrite(args.output, args.force)
+    book = _make_codebook(args)  # usage errors (a missing -r) before any data is read
     x = _load_pixels(args)
-    book = _make_codebook(args)
     book.fit(x, channel_axis=args.channel_axis)
     path = book.save(args.output)
     codes = book.codes_
