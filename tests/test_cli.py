@@ -291,3 +291,40 @@ def test_internal_errors_exit_3_and_debug_shows_the_traceback(monkeypatch, capsy
     monkeypatch.setattr(codes_command, "_load_pixels", bad_input)
     assert cli.main(["codes", "-r", "0.5", "-o", "unused.npz"]) == 1
     assert "error: x must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_default_torch_threads_leave_busy_cores_alone(monkeypatch):
+    from pixdisc.cli import default_torch_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    for load, expected in ((0.1, 4), (1.2, 3), (3.6, 1), (9.0, 1)):
+        monkeypatch.setattr("os.getloadavg", lambda load=load: (load, load, load))
+        assert default_torch_threads() == expected, load
+
+
+def test_commands_use_the_default_threads_and_restore_them(monkeypatch, tmp_path):
+    torch = pytest.importorskip("torch")
+    seen = []
+
+    def demo(args):  # stands in for the demo: records the threads it runs with
+        seen.append(torch.get_num_threads())
+        return 0
+
+    original = cli.build_parser
+
+    def build():
+        parser = original()
+        parser._subparsers._group_actions[0].choices["demo"].set_defaults(func=demo)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", build)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("pixdisc.cli.default_torch_threads", lambda: 1)
+    before = torch.get_num_threads()
+    assert cli.main(["demo", "-o", str(tmp_path / "d")]) == 0
+    assert seen == [1] and torch.get_num_threads() == before
+    monkeypatch.setattr("pixdisc.cli.default_torch_threads", lambda: before + 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(before))  # the user's choice wins
+    seen.clear()
+    assert cli.main(["demo", "-o", str(tmp_path / "d")]) == 0
+    assert seen == [before]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import traceback
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 from . import attack, certify, codes, evaluate, reproduce, train
 from ._common import (EXIT_BUG, EXIT_INPUT_ERROR, EXIT_INTERRUPTED, CommandError, UsageError, check_device,
@@ -48,6 +50,47 @@ def _set_threads(count: int, command: str) -> None:
         torch.set_num_threads(count)
 
 
+def default_torch_threads() -> int:
+    """torch threads when --threads is not given: the cores the machine is not already busy with.
+
+    torch's intra-op threads degrade badly when they compete for busy cores
+    (benchmarks/threads_under_load.md: on 2 cores with 2 busy processes, 2
+    threads ran a PGD-training epoch 1.1-2.1x slower than 1 thread, while on
+    an idle machine 2 threads were 1.35x faster), so on a loaded machine fewer
+    threads is the default that degrades gracefully.
+    """
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform: use every core
+        return cores
+    return max(1, min(cores, cores - int(round(busy))))
+
+
+@contextlib.contextmanager
+def _default_threads(command: str) -> Iterator[None]:
+    """Apply default_torch_threads() for this command, unless the user chose (OMP_NUM_THREADS); restore after."""
+    if "OMP_NUM_THREADS" in os.environ or command == "codes":
+        yield
+        return
+    count = default_torch_threads()
+    if "torch" not in sys.modules:  # read by torch when a command imports it
+        os.environ["OMP_NUM_THREADS"] = str(count)
+        try:
+            yield
+        finally:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)  # main() called in-process (tests, notebooks) leaves torch as it was
+
+
 def _torch_available() -> bool:
     import importlib.util
 
@@ -84,7 +127,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         check_device(getattr(args, "device", None) or ("cuda" if getattr(args, "cuda", False) else None))
         if args.threads is not None:
             _set_threads(args.threads, args.command)
-        return int(args.func(args))
+            return int(args.func(args))
+        with _default_threads(args.command):
+            return int(args.func(args))
     except UsageError as exc:
         args._parser.error(str(exc))  # prints the usage line, exits 2
         raise  # pragma: no cover - error() exits
