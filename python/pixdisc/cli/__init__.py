@@ -53,11 +53,10 @@ def _set_threads(count: int, command: str) -> None:
 def default_torch_threads() -> int:
     """torch threads when --threads is not given: the cores the machine is not already busy with.
 
-    torch's intra-op threads degrade badly when they compete for busy cores
-    (benchmarks/threads_under_load.md: on 2 cores with 2 busy processes, 2
-    threads ran a PGD-training epoch 1.1-2.1x slower than 1 thread, while on
-    an idle machine 2 threads were 1.35x faster), so on a loaded machine fewer
-    threads is the default that degrades gracefully.
+    torch's intra-op threads lose their advantage, and can collapse, when they
+    compete for busy cores (benchmarks/threads_under_load.md measures a PGD
+    training epoch with 1 and 2 threads, idle and beside 2 busy processes), so
+    on a loaded machine fewer threads is the default that degrades gracefully.
     """
     cores = os.cpu_count() or 1
     try:
