@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import pixdisc
 from pixdisc import cli, load_codebook
 
 
@@ -328,3 +329,31 @@ def test_commands_use_the_default_threads_and_restore_them(monkeypatch, tmp_path
     seen.clear()
     assert cli.main(["demo", "-o", str(tmp_path / "d")]) == 0
     assert seen == [before]
+
+
+def test_error_texts_name_the_file_and_never_advise_unsafe_loading(digits_models, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    for name in ("noise.pt", "noise.npy", "noise.jsonl"):
+        (tmp_path / name).write_bytes(noise)
+    natural, codes = digits_models / "nat.pt", digits_models / "codes.npz"
+    capsys.readouterr()
+    assert cli.main(["attack", str(tmp_path / "noise.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "noise.pt" in err and "weights_only=False" not in err and "never unpickles" in err
+    assert cli.main(["codes", "--npy", str(tmp_path / "noise.npy"), "-r", "0.5", "-o", str(tmp_path / "c.npz")]) == 1
+    err = capsys.readouterr().err
+    assert "noise.npy" in err and "allow_pickle" not in err
+    with pytest.raises(ValueError, match="noise.npy") as info:
+        load_codebook(tmp_path / "noise.npy")
+    assert "allow_pickle" not in str(info.value)
+    assert cli.main(["certify", str(natural), "--codebook", str(codes), "--dataset", "digits", "--eps", "0.1",
+                     "--limit", "2", "--workers", "1", "--checkpoint", str(tmp_path / "noise.jsonl"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "noise.jsonl" in err and "not a pixdisc certification checkpoint" in err and "codec" not in err
+    rgb = tmp_path / "rgb.npz"
+    pixdisc.Codebook(np.array([[0, 0, 0], [1, 1, 1]], np.float32)).save(rgb)
+    assert cli.main(["certify", str(natural), "--codebook", str(rgb), "--dataset", "digits", "--eps", "0.1",
+                     "--limit", "2", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "rgb.npz" in err and "3-channel codes" in err

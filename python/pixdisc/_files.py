@@ -47,3 +47,13 @@ def write_text(path: PathLike, text: str) -> Path:
     with atomic_write(path, "w") as stream:
         stream.write(text)
     return Path(path)
+
+
+def numpy_load_error(path: str | os.PathLike, error: BaseException) -> str:
+    """What went wrong reading ``path`` with ``np.load(allow_pickle=False)``, without numpy's advice to allow
+    pickles (running a file's code is never the fix pixdisc suggests)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "allow_pickle" in text or "pickle" in text.lower():
+        return (f"{path} is not a plain NumPy array file: it is not a .npy/.npz of numbers (it holds pickled "
+                "objects, or random bytes that look like them), and pixdisc never unpickles files")
+    return f"{path} is not a plain NumPy array file ({text})"

@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from . import _native
-from ._files import atomic_write
+from ._files import atomic_write, numpy_load_error
 from .pixels import as_pixels, histogram_of
 
 __all__ = [
@@ -436,7 +436,8 @@ def load_codebook(path: Union[str, os.PathLike]) -> Codebook:
             metric = str(f["metric"])
             meta = json.loads(str(f["meta"]))
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a valid pixdisc codebook: {exc}") from exc
+        detail = numpy_load_error(path, exc) if "pickle" in str(exc).lower() else str(exc)
+        raise ValueError(f"{path} is not a valid pixdisc codebook: {detail}") from exc
     cls = _KINDS.get(meta.get("kind"), Codebook)
     if cls is Codebook:
         return Codebook(codes, metric=metric)

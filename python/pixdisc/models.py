@@ -279,10 +279,12 @@ def _safe_torch_load(path: str | os.PathLike[str], map_location: Any, what: str)
             # still decides, and refusal is reported below.
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(file_path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        # weights_only refuses arbitrary objects; its message is long, keep its first line.
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, i.e. running the file's code: never relay that.
         raise ValueError(
-            f"{file_path} is not a valid {what} (refused by the safe loader: {_first_line(error)})"
+            f"{file_path} is not a valid {what}: torch's safe loader (weights_only=True) refused it, so it holds "
+            "something other than tensors and plain values, or is not a torch file at all. pixdisc never "
+            "unpickles arbitrary objects; write models with pixdisc.models.save_model (or `pixdisc train`)"
         ) from None
     except Exception as error:  # noqa: BLE001 - any failure here is the file's fault, report it as such
         raise ValueError(f"{file_path} is not a valid {what} (corrupt or unreadable: {_first_line(error)})") from None

@@ -49,11 +49,12 @@ class _Checkpoint:
         with open(self.path, "rb") as f:
             raw = f.read()
         complete = raw[: raw.rfind(b"\n") + 1]  # a killed writer may leave half a line
-        lines = complete.decode("utf-8").splitlines()
         try:
+            lines = complete.decode("utf-8").splitlines()
             first = json.loads(lines[0])
-        except (IndexError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{self.path} is not a pixdisc certification checkpoint") from exc
+        except (IndexError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{self.path} is not a pixdisc certification checkpoint (not JSON lines written by "
+                             "certify; use another file or delete it)") from exc
         if first.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{self.path} is not a pixdisc certification checkpoint")
         for key, value in header.items():

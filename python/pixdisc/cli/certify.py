@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from ._common import (EXIT_OK, add_checkpoint_option, add_codebook_option, add_data_options, add_model_argument,
-                      add_report_options, load_codebook_file, load_model_file, nonnegative_float, positive_float,
-                      positive_int, probability, unit_float)
+from ._common import (CommandError, EXIT_OK, add_checkpoint_option, add_codebook_option, add_data_options,
+                      add_model_argument, add_report_options, load_codebook_file, load_model_file, nonnegative_float,
+                      positive_float, positive_int, probability, unit_float)
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
@@ -25,6 +25,10 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if args.limit is not None:
         images, labels = images[: args.limit], labels[: args.limit]
     x = as_float_nchw(images)
+    if codebook.n_channels not in (1, x.shape[1]):  # a 1-channel codebook works element-wise on any image
+        raise CommandError(f"{args.codebook} has {codebook.n_channels}-channel codes but {data.name} images have "
+                           f"{x.shape[1]} channel(s); fit a codebook on this data set (`pixdisc codes --dataset "
+                           f"{data.name}`)")
     executor: object = "serial" if args.workers == 1 else None
     client = None
     if args.scheduler:

@@ -13,13 +13,15 @@ from ._common import (CommandError, EXIT_OK, UsageError, add_force_option, add_o
 
 
 def _load_pixels(args: argparse.Namespace) -> np.ndarray:
+    from .._files import numpy_load_error
+
     if args.npy is not None:
         try:
             return np.load(args.npy, allow_pickle=False)
         except FileNotFoundError as exc:
             raise CommandError(f"no such file: {args.npy}") from exc
         except ValueError as exc:
-            raise CommandError(f"{args.npy} is not a plain .npy array: {exc}") from exc
+            raise CommandError(numpy_load_error(args.npy, exc)) from exc
     from .. import datasets
 
     data = datasets.load_dataset(args.dataset, args.data_dir)
