@@ -63,7 +63,7 @@ def default_torch_threads() -> int:
         busy = os.getloadavg()[0]
     except (AttributeError, OSError):  # no load average on this platform: use every core
         return cores
-    return max(1, min(cores, cores - int(round(busy))))
+    return max(1, min(cores, cores - int(busy)))  # a core counts as taken once a whole one is busy
 
 
 @contextlib.contextmanager
