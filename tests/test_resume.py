@@ -15,7 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import pixdisc  # noqa: E402
-from pixdisc import experiments, plan  # noqa: E402
+from pixdisc import plan  # noqa: E402
+from pixdisc.experiments import run as experiments  # noqa: E402 - the module whose names a run calls
 from pixdisc import train as train_module  # noqa: E402
 from pixdisc.certification import certify, engine as engine_module, schedule  # noqa: E402
 from pixdisc.experiments import QUICK_CONFIG, run_experiment  # noqa: E402

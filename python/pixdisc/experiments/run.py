@@ -2,221 +2,31 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from . import __version__, datasets
-from ._files import write_text
-from .attacks import PAPER_BUDGETS, SUITE, applicable_attacks, attack_spec, evaluate_robustness
-from .certification import Budget
-from .codebook import Codebook, DensityCodebook
-from .discretize import Discretize
-from .evaluation import robustness_interval
-from .models import _model_device, load_model, save_model
-from .report import paper_reference, write_report
-from .plan import TRAINED_NETWORKS, networks_to_train, train_settings
-from .train import SETTINGS
+from .. import __version__, datasets
+from ..attacks import applicable_attacks, evaluate_robustness
+from ..certification import Budget
+from ..codebook import Codebook, DensityCodebook
+from ..discretize import Discretize
+from ..evaluation import robustness_interval
+from ..models import _model_device, save_model
+from ..plan import networks_to_train, train_settings
+from ..report import paper_reference, write_report
+from ..train import SETTINGS
+from .cache import _model_meta, _Resume, _resume_for
+from .config import ATTACK_LABELS, DEMO_CONFIG, QUICK_CONFIG, ExperimentConfig, attack_specs
 
-__all__ = [
-    "ATTACK_LABELS",
-    "DATASET_DEFAULTS",
-    "DEMO_CONFIG",
-    "QUICK_CONFIG",
-    "ExperimentConfig",
-    "attack_specs",
-    "check_paper_claims",
-    "config_for_dataset",
-    "evaluate_setting",
-    "load_data",
-    "run_demo",
-    "run_experiment",
-    "summarise_result",
-]
-
-# The suite's attacks, by the names the CLI and the reports use. Where a
-# defense is present every gradient attack runs through its BPDA backward;
-# "certify" is the certificate's checked counterexamples, counted as an attack.
-ATTACK_LABELS: dict[str, str] = {
-    "sx": "S(x) search",
-    "pgd_ce": "PGD-CE",
-    "pgd_cw": "PGD-CW",
-    "adam_sign": "Adam-sign",
-    "apgd_ce": "APGD-CE",
-    "apgd_dlr": "APGD-DLR",
-    "square": "Square",
-    "certify": "certify",
-}
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """Everything one six-setting run depends on; stored verbatim in the JSON report.
-
-    Codebook: ``DensityCodebook(k, r, metric)`` fitted on the training images
-    (ignored when a fitted codebook is passed to :func:`run_experiment`).
-    Attack budget (``eps``, ``steps``, ``step_size``) and BPDA ``alpha`` follow
-    the paper per data set (:func:`config_for_dataset`). Training budgets are
-    ours: the paper trained for 100k steps on full MNIST, which a CPU demo
-    cannot afford; see :data:`DEMO_CONFIG` for the reasoning.
-    """
-
-    dataset: str = "mnist5k"
-    data_dir: str | None = None
-    arch: str = "small_cnn"
-    arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    # Codebook (Algorithm 1) and the defense.
-    k: int = 2
-    r: float = 0.6
-    metric: str = "linf"
-    alpha: float = 10.0
-    bpda: str = "soft"
-    # Evaluation attacks (the paper's MNIST budget by default).
-    eps: float = 0.3
-    steps: int = 100
-    step_size: float = 0.01
-    attacks: tuple[str, ...] = SUITE
-    square_queries: int = 1000
-    # Certified floor beside every attacked ceiling: certify's bound and branch-and-bound budget per
-    # sample. The demo's models are not trained for certification, and CROWN with 20 nodes per image
-    # proves 0.2-1% of them (measured) at ~0.5 s each: the demo uses interval bounds at the root and one
-    # counterexample guess per image; `pixdisc attack --certify-nodes` spends more on a saved model.
-    certify_bound: str = "ibp"
-    certify_nodes: int = 1
-    certify_seconds: float = 0.5
-    # Training.
-    natural_epochs: int = 6
-    adversarial_epochs: int = 20
-    retrain_epochs: int = 2
-    adversarial_retrain_epochs: int = 2
-    train_eps: float = 0.3
-    train_steps: int = 10
-    train_step_size: float = 0.04
-    adversarial_warm_start: bool = False
-    lr: float = 2e-3
-    adversarial_lr: float = 1e-3
-    adversarial_lr_milestones: tuple[int, ...] = ()
-    batch_size: int = 64
-    # Data subsets (None: all).
-    n_train: int | None = None
-    n_test: int | None = 1000
-    eval_batch_size: int = 500
-    # Robustness-vs-eps curve: the table's attack suite (what applies to each setting) with
-    # curve_steps steps for the gradient attacks, on the first curve_n test images. eps = 0
-    # is clean accuracy; the grid should run past the eps at which every defense must fall.
-    curve_eps: tuple[float, ...] = ()
-    curve_settings: tuple[str, ...] = ("nat_pre", "disc_nat_pre", "adv_pre", "disc_adv_pre")
-    curve_steps: int = 40
-    curve_n: int = 100
-    settings: tuple[str, ...] = SETTINGS
-    seed: int = 0
-    device: str | None = None
-
-    def replace(self, **changes: Any) -> ExperimentConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
-        values["arch_kwargs"] = dict(self.arch_kwargs)
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
-
-
-# The demo's budget, measured on a 2-core CPU (README: wall time and table).
-#
-# Training. The paper reuses Madry et al.'s MNIST recipe: 40 PGD steps of 0.01
-# at eps=0.3 for 100k batches of 50. We train a SmallCNN on 4,000 images:
-# - natural: 6 epochs of Adam at lr 2e-3 (about 97% test accuracy);
-# - adversarial: 20 epochs from scratch (as Madry et al.; warm-starting from
-#   the natural network measured 20 points less robust at 15 epochs) with 10
-#   PGD steps of 0.04 from a random start. 10 x 0.04 = 0.4 is the same total
-#   travel as Madry's 40 x 0.01 (1.33 eps), so the attack still crosses the
-#   ball, at a quarter of the cost; the lr drops 10x for the last 4 epochs.
-#   More epochs keep helping (15 -> 20 epochs: 61% -> 69% worst-case robust
-#   on 300 test images) but cost ~7 s each on 2 cores.
-# - re-training (disc_*_re) warm-starts from the pre-trained networks, as the
-#   paper does, for 2 epochs each at half the lr; adversarial re-training
-#   attacks through the defense's BPDA gradient with the same 10 x 0.04 PGD.
-# Evaluation uses the paper's attack budget unchanged (eps=0.3, 100 steps of
-# 0.01, alpha=10) on all 1,000 test images, three attacks per point.
-DEMO_CONFIG = ExperimentConfig(
-    adversarial_epochs=20,
-    adversarial_warm_start=False,
-    adversarial_lr_milestones=(16,),
-    # Codes {0, 253}/255 meet at 126.5/255 = 0.496: beyond it every pixel can take either code, so
-    # every setting must reach 0 by eps = 0.5 (the gradient-masking sanity check); 0.6 shows it stays.
-    curve_eps=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
-)
-
-# A reduced run for tests and smoke checks: tiny subsets, few steps. Its
-# numbers mean nothing; it exercises every code path in seconds.
-QUICK_CONFIG = ExperimentConfig(
-    natural_epochs=1,
-    adversarial_epochs=1,
-    retrain_epochs=1,
-    adversarial_retrain_epochs=1,
-    train_steps=2,
-    train_step_size=0.15,
-    steps=5,
-    step_size=0.08,
-    n_train=600,
-    n_test=60,
-    eval_batch_size=60,
-    curve_eps=(0.0, 0.1, 0.3),
-    curve_steps=3,
-    curve_n=30,
-    square_queries=20,
-    certify_seconds=0.1,
-)
-
-# Per data set: the paper's attack budget (PAPER_BUDGETS), codebook (Table II) and BPDA alpha.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mnist5k": {"budget": "mnist", "k": 2, "r": 0.6, "alpha": 10.0},
-    "mnist": {"budget": "mnist", "k": 2, "r": 0.6, "alpha": 10.0},
-    "digits": {"budget": "mnist", "k": 2, "r": 0.6, "alpha": 10.0},
-    "fashion_mnist": {"budget": "fashion_mnist", "k": 2, "r": 0.2, "alpha": 10.0},
-    # The paper's CIFAR alpha=0.1 is on the [0,255] scale: 25.5 on [0,1].
-    "cifar10": {"budget": "cifar10", "k": 300, "r": 16 / 255, "alpha": 25.5, "train_eps": 8 / 255,
-                "train_steps": 7, "train_step_size": 2 / 255},
-    "gtsrb": {"budget": "gtsrb", "k": 300, "r": 16 / 255, "alpha": 25.5, "train_eps": 8 / 255,
-              "train_steps": 7, "train_step_size": 2 / 255},
-}
-
-
-def config_for_dataset(dataset: str, base: ExperimentConfig = DEMO_CONFIG, **overrides: Any) -> ExperimentConfig:
-    """``base`` adapted to ``dataset``: the paper's attack budget, codebook and alpha for it, then ``overrides``."""
-    key = dataset.strip().lower().replace("-", "_")
-    changes: dict[str, Any] = {"dataset": key}
-    defaults = DATASET_DEFAULTS.get(key)
-    if defaults is not None:
-        budget = PAPER_BUDGETS[defaults["budget"]]
-        changes.update(eps=budget["eps"], steps=budget["steps"], step_size=budget["step_size"],
-                       k=defaults["k"], r=defaults["r"], alpha=defaults["alpha"])
-        changes.update({name: defaults[name] for name in ("train_eps", "train_steps", "train_step_size")
-                        if name in defaults})
-        if key == "fashion_mnist":
-            # Madry's MNIST recipe with a 20-step eps=0.1 attack (paper, Section II-F), scaled like ours.
-            changes.update(train_eps=0.1, train_steps=10, train_step_size=0.02)
-    changes.update({name: value for name, value in overrides.items() if value is not None})
-    return base.replace(**changes)
-
-
-def attack_specs(eps: float, steps: int, step_size: float, names: Sequence[str] = SUITE, *,
-                 square_queries: int = 1000, seed: int = 0) -> list[Any]:
-    """The named attacks (:data:`pixdisc.attacks.SUITE`) as ``evaluate_robustness`` specs, in order."""
-    return [attack_spec(name, eps, steps=steps, step_size=step_size, square_queries=square_queries, seed=seed)
-            for name in names]
 
 
 def load_data(config: ExperimentConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, datasets.Dataset]:
@@ -235,7 +45,7 @@ def load_data(config: ExperimentConfig) -> tuple[Tensor, Tensor, Tensor, Tensor,
 
 
 def _versions() -> dict[str, Any]:
-    from . import get_num_threads
+    from .. import get_num_threads
 
     return {
         "pixdisc": __version__,
@@ -285,98 +95,6 @@ def summarise_result(result: Any, attack_names: Sequence[str]) -> dict[str, Any]
         "broken_by": broken_by,
         "clean_errors": int((~result.clean_correct).sum()),
     }
-
-
-# Config fields that change what is attacked or reported but not how a network is trained: changing them
-# keeps the saved networks of an output folder (everything else retrains).
-_EVALUATION_ONLY = ("eps", "steps", "step_size", "attacks", "square_queries", "certify_bound", "certify_nodes",
-                    "certify_seconds", "n_test", "eval_batch_size", "curve_eps", "curve_settings", "curve_steps",
-                    "curve_n", "settings")
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "tolist"):  # numpy scalars and arrays
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _data_digest(*arrays: Any) -> str:
-    h = hashlib.sha256()
-    for array in arrays:
-        array = np.ascontiguousarray(array.numpy() if isinstance(array, Tensor) else array)
-        h.update(f"{array.dtype}{array.shape}".encode())
-        h.update(array.tobytes())
-    return h.hexdigest()[:16]
-
-
-class _Resume:
-    """The output folder as a cache, so that rerunning an interrupted run redoes nothing it finished.
-
-    Networks are saved to ``models/<name>.pt`` as each finishes (with the
-    training key and history in their meta), their training checkpoints
-    after every epoch go to ``cache/<key>/``, and each setting's attack
-    result and eps curve to ``cache/*.json``. Every artefact carries the key
-    of what produced it (config, codes, data): one written for another
-    configuration is never reused, it is computed again and replaced.
-    """
-
-    def __init__(self, folder: Path, train_key: str, eval_key: str, save_networks: bool,
-                 log: Callable[[str], None]) -> None:
-        self.folder = folder
-        self.train_key = train_key
-        self.eval_key = eval_key
-        self.save_networks = save_networks
-        self.log = log
-        self.reused: list[str] = []
-        self.meta: dict[str, dict[str, Any]] = {}  # per network: what its model file's meta says
-        self.train_seconds: dict[str, float] = {}  # per network: training time, the earlier run's when reused
-
-    def checkpoint(self, name: str) -> Path:
-        return self.folder / "cache" / f"train-{self.train_key}" / f"{name}.ckpt"
-
-    def store(self, name: str, train: Callable[[], Any]) -> tuple[nn.Module, dict[str, Any] | None]:
-        """The planner's store: a network this configuration already trained, else train it and save it now."""
-        path = self.folder / "models" / f"{name}.pt"
-        if self.save_networks and path.exists():
-            try:
-                network, meta = load_model(path, return_meta=True)  # type: ignore[misc]
-            except ValueError as error:  # a damaged file: train again
-                self.log(f"{path}: cannot be read ({error}); training {name} again")
-            else:
-                if meta.get("resume_key") == self.train_key:
-                    self.reused.append(f"models/{name}.pt")
-                    self.train_seconds[name] = float(meta.get("train_seconds") or 0.0)
-                    self.log(f"{name}: reusing {path} (trained by an earlier run of this configuration)")
-                    return network, meta.get("history")
-                self.log(f"{path} was trained for another configuration: training {name} again")
-        started = time.perf_counter()
-        network, history = train()
-        self.train_seconds[name] = time.perf_counter() - started
-        if self.save_networks:
-            save_model(network, path, meta={**self.meta.get(name, {"setting": name}), "resume_key": self.train_key,
-                                            "history": history, "train_seconds": self.train_seconds[name]})
-        checkpoint = self.checkpoint(name)
-        checkpoint.unlink(missing_ok=True)  # finished: the model file supersedes its epoch checkpoint
-        return network, history
-
-    def cached(self, name: str, compute: Callable[[], Any]) -> Any:
-        """``cache/<name>.json`` when this configuration wrote it, else compute and write it."""
-        path = self.folder / "cache" / f"{name}.json"
-        if path.exists():
-            try:
-                saved = json.loads(path.read_text())
-            except ValueError:
-                saved = None  # a torn write: compute again
-            if isinstance(saved, dict) and saved.get("key") == self.eval_key:
-                self.reused.append(f"cache/{name}.json")
-                return saved["value"]
-        value = compute()
-        write_text(path, json.dumps({"key": self.eval_key, "value": value}, default=_plain))
-        return value
 
 
 def _eps_curve(config: ExperimentConfig, models: Mapping[str, nn.Module], x_test: Tensor, y_test: Tensor,
@@ -638,24 +356,6 @@ def run_experiment(
     return result
 
 
-def _model_meta(name: str, codebook: Codebook, config: ExperimentConfig, data: datasets.Dataset) -> dict[str, Any]:
-    height, width, channels = data.shape
-    return {
-        "setting": name,
-        "dataset": data.name,
-        "input_shape": [channels, height, width],
-        "num_classes": int(data.num_classes),
-        "defense": None if not name.startswith("disc_") else {
-            "codebook": "codes.npz",
-            "codes": codebook.codes_.tolist(),
-            "metric": codebook.metric,
-            "alpha": config.alpha,
-            "bpda": config.bpda,
-        },
-        "pixdisc": __version__,
-    }
-
-
 def _save_models(models: Mapping[str, nn.Module], codebook: Codebook, config: ExperimentConfig,
                  data: datasets.Dataset, folder: Path, extra_meta: Mapping[str, Mapping[str, Any]]) -> None:
     codebook.save(folder / "codes.npz")
@@ -663,20 +363,6 @@ def _save_models(models: Mapping[str, nn.Module], codebook: Codebook, config: Ex
         network = model[1] if name.startswith("disc_") else model
         meta = {**_model_meta(name, codebook, config, data), **extra_meta.get(name, {})}
         save_model(network, folder / "models" / f"{name}.pt", meta=meta)
-
-
-def _resume_for(folder: Path, config: ExperimentConfig, codebook: Codebook, data: datasets.Dataset,
-                x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, save_networks: bool,
-                log: Callable[[str], None]) -> _Resume:
-    """The output folder's cache, keyed by everything that decides the networks and the attack results."""
-    settings = config.to_dict()
-    codes = {"codes": np.asarray(codebook.codes_).tolist(), "metric": codebook.metric}
-    train_key = _digest({"config": {key: value for key, value in settings.items() if key not in _EVALUATION_ONLY},
-                         **codes, "data": _data_digest(x_train, y_train)})
-    eval_key = _digest({"config": settings, "train": train_key, "data": _data_digest(x_test, y_test)})
-    resume = _Resume(folder, train_key, eval_key, save_networks, log)
-    resume.meta = {name: _model_meta(name, codebook, config, data) for name in TRAINED_NETWORKS}
-    return resume
 
 
 def run_demo(out_dir: str | os.PathLike[str], *, quick: bool = False, seed: int = 0,
