@@ -111,7 +111,9 @@ def as_pixels(x: Any, channel_axis: Optional[int] = None, channels: Optional[int
     axis of size 1 or 3 gives C, anything else means one-channel data in which
     every element is a pixel (always so for 1-D arrays). With ``channels=1``
     any shape is accepted; with
-    ``channels > 1`` the channel axis must have exactly that size.
+    ``channels > 1`` the channel axis must have exactly that size. A channel
+    axis of size 1 is the channel axis also for one channel, so that
+    ``assign`` removes it ((N, 28, 28, 1) -> (N, 28, 28)) as it does for colour.
     """
     data, torch_input, device = _normalize(x)
     shape = tuple(int(s) for s in data.shape)
@@ -127,7 +129,7 @@ def as_pixels(x: Any, channel_axis: Optional[int] = None, channels: Optional[int
     if channels is None:
         # A 1-D array is a list of gray pixels: it has no axis to spare for channels.
         channels = size_on_axis if size_on_axis in (1, 3) and ndim >= 2 else 1
-    if channels == 1:
+    if channels == 1 and (axis is None or ndim < 2 or size_on_axis != 1):
         total = int(np.prod(shape)) if shape else 1
         return PixelView(data, shape, None, total, 1, 1, torch_input, device)
     if axis is None or size_on_axis != channels:
