@@ -61,8 +61,8 @@ print("codes (x255):", np.rint(book.codes_.ravel() * 255).astype(int).tolist())
 import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot as plt
 fig, axes = plt.subplots(2, 8, figsize=(8, 2.2))
 for i in range(8):
-    axes[0, i].imshow(x_test[i, 0], cmap="gray", vmin=0, vmax=1)
-    axes[1, i].imshow(book.transform(x_test[i : i + 1])[0, 0], cmap="gray", vmin=0, vmax=1)
+    axes[0, i].imshow(x_test[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+    axes[1, i].imshow(book.transform(x_test[i : i + 1])[0, 0].numpy(), cmap="gray", vmin=0, vmax=1)
 for axis in axes.ravel():
     axis.axis("off")
 fig.savefig("figures/discretized.png", dpi=100, bbox_inches="tight"); plt.close(fig)"""),
