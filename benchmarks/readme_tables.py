@@ -48,7 +48,27 @@ def _demo_block() -> str:
              f"**{minutes} min {seconds:02d} s** on {run.get('cores', '?')} cores, load average "
              f"{run.get('load_before', '?')} before the run; per stage: "
              + ", ".join(f"{name} {value:.0f} s" for name, value in timings.items() if name != "total") + "."]
+    curve = result.get("curve")
+    if curve and curve.get("settings"):
+        lines += ["", f"Robustness against eps (`robustness_vs_eps.png`; the same suite, gradient attacks "
+                      f"{curve['steps']} steps, first {curve['n']} test images), in % at eps "
+                      f"{', '.join(f'{e:g}' for e in curve['eps'])}: "
+                  + "; ".join(f"`{name}` " + ", ".join(f"{100 * v:.0f}" for v in values)
+                              for name, values in curve["settings"].items()) + "."]
     return "\n".join(lines)
+
+
+def _demo_load_block() -> str:
+    """The demo beside busy processes (benchmarks/demo_under_load.json), next to the idle run above it."""
+    data = json.loads((BENCH / "demo_under_load.json").read_text())
+    minutes, seconds = divmod(round(data["wall_seconds"]), 60)
+    idle = json.loads((BENCH / "demo" / "results.json").read_text())["settings"]
+    same = all(abs(idle[name]["robust_accuracy"] - value) < 1e-12 for name, value in data["robust_accuracy"].items())
+    return (f"Under load, with {data['busy_processes']} busy processes on the {data['cores']} cores (load average "
+            f"{data['load_before'][0]} at the start): **{minutes} min {seconds:02d} s**; the CLI chose "
+            f"{data['torch_threads']} torch thread(s) from the load, peak memory {data['peak_rss_mb']} MB; the "
+            f"robust accuracies are {'the same as' if same else 'not identical to'} the idle run's. Command: "
+            f"`{data['command']}`.")
 
 
 def _rendered(stem: str, render: Callable[[dict], str], title: str = "") -> str:
@@ -110,6 +130,7 @@ def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     blocks = {"core-benchmarks": _core_block, "certify-mnist": _certify_block, "demo-table": _demo_block,
+              "demo-load": _demo_load_block,
               "attack-strength": _attack_block, "interval-certified": _interval_block,
               "certify-native": _certify_native_block, "torch-benchmarks": _torch_block,
               "analysis-mnist": _analysis_mnist_block, "analysis-neighbourhoods": _neighbourhoods_block}
