@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
 from typing import Any, Mapping, Sequence
 
@@ -13,6 +14,7 @@ from ..certification import certify
 from ..experiments import ExperimentConfig
 from ..paper import PAPER_NUMBERS
 from ..report.reproduction import QUICK_LABEL
+from ..statistics import clopper_pearson_interval
 from .context import (_Context, _FULL_CERT, _NO_IMAGENET_MODEL, _PAPER_DATASETS, _QUICK_CERT, _config, _dataset,
                       _density, _evaluate, _kmedoids, _six_settings, _uniform)
 
@@ -24,11 +26,11 @@ def _pct(value: float | None) -> float | None:
     return None if value is None else round(100 * float(value), 2)
 
 
-def _table_rows(ctx: _Context, table: str) -> list[dict[str, Any]]:
+def _table_rows(ctx: _Context, table: str, names: Sequence[str] = _PAPER_DATASETS) -> list[dict[str, Any]]:
     """Tables I-III: one row per (data set, base model, codebook), ours and the paper's."""
     paper = PAPER_NUMBERS[table]
     rows: list[dict[str, Any]] = []
-    for name in _PAPER_DATASETS:
+    for name in names:
         if name == "imagenet":
             rows.append({"dataset": name, "status": "not available", "message": _NO_IMAGENET_MODEL,
                          "paper": _paper_rows(paper[name])})
@@ -50,8 +52,10 @@ def _table_rows(ctx: _Context, table: str) -> list[dict[str, Any]]:
             k = 2 if data.shape[2] == 1 else 300
             book, book_tag, paper_key = _kmedoids(ctx, data, k), f"kmedoids{k}", k
         ctx.log(f"{table}: {data.name}, {book_tag}")
-        models = _six_settings(ctx, data, book, book_tag)
-        result = _evaluate(ctx, data, models, book_tag)
+        # Networks and evaluations are stored by the codes, so tables whose codebooks coincide (uniform k=2
+        # and density k=2 are both {0, 255} on Fashion-MNIST) share them instead of training twice.
+        models = _six_settings(ctx, data, book, _codes_tag(book.codes_))
+        result = _evaluate(ctx, data, models, _codes_tag(book.codes_))
         undisc_key = 256 if data.shape[2] == 1 else "256^3"
         if table == "table2":
             undisc_key = (undisc_key, None)
@@ -69,6 +73,13 @@ def _table_rows(ctx: _Context, table: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _codes_tag(codes: np.ndarray) -> str:
+    levels = np.rint(np.asarray(codes) * 255).astype(int).ravel()
+    if levels.size <= 8:
+        return "codes" + "-".join(str(level) for level in levels)
+    return "codes-" + hashlib.sha256(np.asarray(codes, dtype=np.float64).tobytes()).hexdigest()[:12]
+
+
 def _key_label(key: Any) -> str:
     if isinstance(key, tuple):
         return f"{key[0]}" if key[1] is None else f"{key[0]}, r={key[1]:g}"
@@ -79,16 +90,27 @@ def _paper_rows(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {base: {_key_label(k): list(v) for k, v in rows.items()} for base, rows in entry.items()}
 
 
+def _ci(row: Mapping[str, Any], key: str) -> list[float]:
+    """95% Clopper-Pearson interval (in %) of an accuracy measured on row["n"] images."""
+    low, high = clopper_pearson_interval(round(float(row[key]) * row["n"]), row["n"])
+    return [_pct(low), _pct(high)]
+
+
 def _row(name: str, loaded: str, base: str, codebook: str, codes: np.ndarray | None, pre: Mapping[str, Any],
          re_: Mapping[str, Any] | None, published: Sequence[float | None] | None, quick: bool, message: str,
          config: ExperimentConfig) -> dict[str, Any]:
-    ours = [_pct(pre["clean_accuracy"]), _pct(pre["robust_accuracy"]),
-            _pct(re_["clean_accuracy"]) if re_ else None, _pct(re_["robust_accuracy"]) if re_ else None]
+    # Clean accuracy on every test image where the evaluation measured it there (the suite ran on n_test).
+    def clean(row: Mapping[str, Any]) -> float | None:
+        return _pct(row.get("clean_accuracy_all", row["clean_accuracy"]))
+
+    ours = [clean(pre), _pct(pre["robust_accuracy"]),
+            clean(re_) if re_ else None, _pct(re_["robust_accuracy"]) if re_ else None]
     notes = [note for note in (QUICK_LABEL if quick else "", message) if note]
     return {"dataset": name, "loaded": loaded, "status": "ok", "base": base, "codebook": codebook,
             "codes_255": None if codes is None else np.rint(np.asarray(codes) * 255).astype(int).tolist(),
-            "n_test": pre["n"], "eps": config.eps, "steps": config.steps,
+            "n_test": pre["n"], "n_clean": pre.get("n_all", pre["n"]), "eps": config.eps, "steps": config.steps,
             "ours": ours, "ours_floor": [_pct(pre.get("floor")), _pct(re_.get("floor")) if re_ else None],
+            "ours_ci95": [_ci(pre, "robust_accuracy"), _ci(re_, "robust_accuracy") if re_ else None],
             "paper": None if published is None else list(published), "note": "; ".join(notes)}
 
 
