@@ -16,6 +16,7 @@ from pixdisc import cli
 from pixdisc.attacks import SUITE
 from pixdisc.experiments import (
     DEMO_CONFIG,
+    FULL_SCALE_TRAINING,
     QUICK_CONFIG,
     attack_specs,
     check_paper_claims,
@@ -139,6 +140,12 @@ def test_evaluate_subset_on_digits(tmp_path, capsys):
 def test_config_for_dataset_uses_paper_budgets():
     fashion = config_for_dataset("fashion-mnist")
     assert (fashion.eps, fashion.steps, fashion.k, fashion.r, fashion.alpha) == (0.1, 100, 2, 0.2, 10.0)
+    # On the whole 60,000-image split the training budget is Fashion-MNIST's full-scale one...
+    assert fashion.n_train is None and fashion.adversarial_epochs == FULL_SCALE_TRAINING["fashion_mnist"][
+        "adversarial_epochs"] < DEMO_CONFIG.adversarial_epochs
+    # ... a subset keeps the base's epochs, and explicit overrides win over both.
+    assert config_for_dataset("fashion_mnist", QUICK_CONFIG).adversarial_epochs == QUICK_CONFIG.adversarial_epochs
+    assert config_for_dataset("fashion_mnist", adversarial_epochs=9).adversarial_epochs == 9
     mnist = config_for_dataset("mnist5k", n_test=None)
     assert (mnist.eps, mnist.steps, mnist.step_size, mnist.k, mnist.r) == (0.3, 100, 0.01, 2, 0.6)
     assert mnist.n_test == DEMO_CONFIG.n_test  # a None override means "keep the default"

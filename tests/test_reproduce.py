@@ -34,7 +34,8 @@ def _sections(index: str) -> dict:
 @pytest.mark.slow
 def test_quick_all_writes_every_target(quick_report):
     out, results = quick_report
-    assert set(results) == set(TARGETS) - {"all"}
+    # "all" skips the fashion_mnist target: Tables I-III hold its rows already.
+    assert set(results) == set(TARGETS) - {"all", "fashion_mnist"}
     sections = _sections((out / "index.md").read_text())
     assert set(sections) == set(results)
     for target, section in sections.items():
@@ -91,7 +92,7 @@ def test_rerun_reuses_cached_models_and_merges_index(quick_report, monkeypatch):
     monkeypatch.setattr(plan, "train_model", no_training)
     again = reproduce("table2", out, quick=True, progress=False)
     assert [row.get("ours") for row in again["rows"]] == [row.get("ours") for row in results["table2"]["rows"]]
-    assert set(_sections((out / "index.md").read_text())) == set(TARGETS) - {"all"}
+    assert set(_sections((out / "index.md").read_text())) == set(TARGETS) - {"all", "fashion_mnist"}
 
 
 def test_unknown_target_lists_the_targets(tmp_path):
@@ -126,3 +127,38 @@ def test_missing_fashion_mnist_is_reported(tmp_path, monkeypatch):
     result = reproduce("fig7", tmp_path / "out", quick=True, progress=False)
     statuses = {entry["dataset"]: entry["status"] for entry in result["entries"]}
     assert statuses == {"mnist": "ok", "fashion_mnist": "missing"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not datasets.FASHION_MNIST_DIR.is_dir(),
+                    reason=f"{datasets.FASHION_MNIST_DIR} absent (apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_target_runs_the_three_tables_and_resumes(tmp_path, monkeypatch):
+    out = tmp_path / "fm"
+    result = reproduce("fashion_mnist", out, quick=True, progress=False)
+    assert list(result["tables"]) == ["table1", "table2", "table3"]
+    for table, rows in result["tables"].items():
+        assert {row["dataset"] for row in rows} == {"fashion_mnist"}, table
+        ours = [row for row in rows if row["status"] == "ok"]
+        assert len(ours) == 4 and all(row["paper"] is not None or "none" in row["codebook"] for row in ours)
+        # Clean accuracy on every test image; the suite on the quick run's n_test.
+        assert all(row["n_clean"] == 10_000 and row["n_test"] < 10_000 for row in ours)
+        disc = [row for row in ours if row["codes_255"] is not None]
+        assert all(len(row["ours_ci95"]) == 2 and row["ours_ci95"][0][0] <= row["ours"][1] <= row["ours_ci95"][0][1]
+                   for row in disc)
+    assert result["config"]["dataset"] == "fashion_mnist"
+    # Uniform k=2 and density k=2 are the same codes {0, 255}: one pair of re-trained networks serves both.
+    book_dirs = sorted(path.name for path in (out / "models" / "quick-seed0" / "fashion_mnist").iterdir()
+                       if path.is_dir())
+    assert book_dirs == ["codes0-192", "codes0-255"]
+    table1, table2 = result["tables"]["table1"], result["tables"]["table2"]
+    assert [row["ours"] for row in table1] == [row["ours"] for row in table2]
+    section = _sections((out / "index.md").read_text())["fashion_mnist"]
+    assert section.count("### Table") == 3 and "quick" in section
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached model was retrained")
+
+    monkeypatch.setattr(plan, "train_setting", no_training)
+    monkeypatch.setattr(plan, "train_model", no_training)
+    again = reproduce("fashion_mnist", out, quick=True, progress=False)
+    assert again["tables"] == result["tables"]

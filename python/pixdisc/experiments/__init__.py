@@ -5,14 +5,15 @@ resumable cache), ``run`` (training through :mod:`pixdisc.plan`, the attack suit
 the eps curve, the report).
 """
 
-from .config import (ATTACK_LABELS, DATASET_DEFAULTS, DEMO_CONFIG, QUICK_CONFIG, ExperimentConfig, attack_specs,
-                     config_for_dataset)
+from .config import (ATTACK_LABELS, DATASET_DEFAULTS, DEMO_CONFIG, FULL_SCALE_TRAINING, QUICK_CONFIG,
+                     ExperimentConfig, attack_specs, config_for_dataset)
 from .run import check_paper_claims, evaluate_setting, load_data, run_demo, run_experiment, summarise_result
 
 __all__ = [
     "ATTACK_LABELS",
     "DATASET_DEFAULTS",
     "DEMO_CONFIG",
+    "FULL_SCALE_TRAINING",
     "QUICK_CONFIG",
     "ExperimentConfig",
     "attack_specs",

@@ -1,0 +1,228 @@
+"""Issue 10, item 3: certified training on all 60,000 Fashion-MNIST images and certification of all 10,000 test images.
+
+    python benchmarks/fashion_mnist_certified.py train --models fashion-mnist-runs/certified
+    python benchmarks/fashion_mnist_certified.py certify --models fashion-mnist-runs/certified
+
+Two CertCNNs with the same architecture and training budget (RECIPE): one
+behind the default Fashion-MNIST codes (`pixdisc.experiments.CERTIFIED_CODEBOOK`,
+chosen by benchmarks/fashion_mnist_sweep.py) trained with `train_certified`, and
+one without discretization, trained by plain interval-bound training on the
+eps-box (`train_certified(codebook=None)`). `certify` then certifies the
+discretized model on every test image at each eps with the default executor
+(local processes, one per core) and, at eps 0.1, on a Dask LocalCluster of 2
+workers; the plain model is CROWN-verified on the eps-box (the same bound
+method certify's root uses). Wall time, images/s and peak memory (resident set
+of the process and its workers, sampled every 0.2 s) are recorded with the load
+average. Results go to OUT (rewritten after every step; a rerun skips what it
+holds), models to MODELS (resumed from per-epoch checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+EPS = (0.05, 0.1, 0.15)
+DASK_EPS = 0.1
+RECIPE = {"arch": "cert_cnn", "eps_train": 0.15, "epochs": 20, "warmup_epochs": 1, "ramp_epochs": 6,
+          "kappa_end": 0.7, "batch_size": 128, "lr": 1e-3, "lr_milestones": (14, 17)}
+BUDGET = {"nodes": 2000, "seconds": 5.0}
+
+
+def _save(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+class PeakMemory:
+    """Peak resident set of this process plus its children (local certify workers), sampled in a thread."""
+
+    def __init__(self, extra: Callable[[], int] | None = None) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._extra = extra
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        total = self._process.memory_info().rss
+        for child in self._process.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except Exception:  # a worker that just exited
+                pass
+        return total + (self._extra() if self._extra else 0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _data():
+    from pixdisc.datasets import as_float_nchw, load_fashion_mnist
+
+    data = load_fashion_mnist()
+    return data, as_float_nchw(data.x_train), as_float_nchw(data.x_test)
+
+
+def _codebook(data):
+    from pixdisc.experiments import certified_codebook
+
+    return certified_codebook("fashion_mnist", data.x_train)
+
+
+def _accuracy(net, x: np.ndarray, y: np.ndarray) -> float:
+    import torch
+
+    with torch.no_grad():
+        return float(sum(int((net(torch.from_numpy(x[i:i + 1000])).argmax(1).numpy() == y[i:i + 1000]).sum())
+                         for i in range(0, len(x), 1000)) / len(x))
+
+
+def train(models: Path, out: Path) -> None:
+    import torch
+
+    import pixdisc
+    from pixdisc.models import build_model, load_model, save_model
+    from pixdisc.train import train_certified
+
+    data, x_train, x_test = _data()
+    book = _codebook(data)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results["recipe"] = {**RECIPE, "lr_milestones": list(RECIPE["lr_milestones"])}
+    results["codes_255"] = np.rint(book.codes_.ravel() * 255).astype(int).tolist()
+    results.setdefault("models", {})
+    models.mkdir(parents=True, exist_ok=True)
+    for kind, codebook in (("disc", book), ("plain", None)):
+        path = models / f"{kind}.pt"
+        if not path.exists():
+            load = os.getloadavg()[0]
+            torch.manual_seed(0)
+            started = time.perf_counter()
+            net, history = train_certified(
+                build_model(RECIPE["arch"]), x_train, data.y_train, codebook, eps=RECIPE["eps_train"],
+                epochs=RECIPE["epochs"], warmup_epochs=RECIPE["warmup_epochs"], ramp_epochs=RECIPE["ramp_epochs"],
+                kappa_end=RECIPE["kappa_end"], batch_size=RECIPE["batch_size"], lr=RECIPE["lr"],
+                lr_milestones=RECIPE["lr_milestones"], checkpoint_path=path.with_suffix(".ckpt"))
+            save_model(net, path, meta={"train_seconds": time.perf_counter() - started, "load_before": load,
+                                        "torch_threads": torch.get_num_threads(),
+                                        "epoch_seconds": history["seconds"]})
+        net, meta = load_model(path, return_meta=True)
+        evaluated = torch.nn.Sequential(pixdisc.Discretize(book), net).eval() if kind == "disc" else net
+        results["models"][kind] = {"clean_accuracy": _accuracy(evaluated, x_test, data.y_test),
+                                   "train_seconds": meta["train_seconds"],
+                                   "epoch_seconds": meta["epoch_seconds"],
+                                   "load_before": meta["load_before"], "torch_threads": meta["torch_threads"]}
+        print(kind, json.dumps(results["models"][kind]), flush=True)
+        _save(out, results)
+
+
+def _step(results: dict[str, Any], out: Path, key: str, run: Callable[[], dict[str, Any]]) -> None:
+    if key in results["steps"]:
+        return
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    row = run()
+    row["seconds"] = row.get("seconds", time.perf_counter() - started)
+    row.update({"load_before": load, "load_after": os.getloadavg()[0]})
+    results["steps"][key] = row
+    print(key, json.dumps(row), flush=True)
+    _save(out, results)
+
+
+def certify_all(models: Path, out: Path, skip_dask: bool) -> None:
+    import torch
+
+    from pixdisc.bounds import certified_by_bounds
+    from pixdisc.certification import Budget, certify
+    from pixdisc.models import load_model
+
+    data, _, x_test = _data()
+    book = _codebook(data)
+    results = json.loads(out.read_text())
+    results.setdefault("steps", {})
+    results["budget"] = BUDGET
+    results["cores"] = os.cpu_count()
+    disc, plain = load_model(models / "disc.pt"), load_model(models / "plain.pt")
+    n = len(x_test)
+
+    def certify_row(eps: float, executor: Any = None, extra: Callable[[], int] | None = None) -> dict[str, Any]:
+        checkpoint = models / f"certify-eps{eps:g}-{'dask' if executor is not None else 'default'}.jsonl"
+        if checkpoint.exists():
+            checkpoint.unlink()  # a timed run starts from nothing
+        with PeakMemory(extra) as memory:
+            result = certify(disc, book, x_test, data.y_test, eps, mode="bab", bound="crown",
+                             budget=Budget(**BUDGET), executor=executor, checkpoint=checkpoint, progress=False)
+        s = result.summary()
+        return {"eps": eps, "n": s["n"], "certified": s["certified_rate"], "failed": s["failed_rate"],
+                "unable": s["unable_rate"], "lower_clopper_pearson": s["lower_clopper_pearson"],
+                "seconds": s["wall_seconds"], "images_per_second": s["n"] / s["wall_seconds"],
+                "peak_rss_mb": memory.peak / 2**20, "decided_by": s.get("decided_by")}
+
+    def plain_row(eps: float) -> dict[str, Any]:
+        started = time.perf_counter()
+        proven = 0
+        with torch.no_grad(), PeakMemory() as memory:
+            for i in range(0, n, 500):
+                x = torch.from_numpy(x_test[i:i + 500])
+                proven += int(certified_by_bounds(plain, (x - eps).clamp(0, 1), (x + eps).clamp(0, 1),
+                                                  torch.from_numpy(data.y_test[i:i + 500]), method="crown").sum())
+        seconds = time.perf_counter() - started
+        return {"eps": eps, "n": n, "verified": proven / n, "seconds": seconds, "images_per_second": n / seconds,
+                "peak_rss_mb": memory.peak / 2**20}
+
+    for eps in EPS:
+        _step(results, out, f"disc/default/{eps:g}", lambda: certify_row(eps))
+        _step(results, out, f"plain/crown/{eps:g}", lambda: plain_row(eps))
+    if not skip_dask:
+        from distributed import Client, LocalCluster
+
+        def dask_row() -> dict[str, Any]:
+            with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+                    Client(cluster) as client:
+                def workers_rss() -> int:
+                    return sum(client.run(lambda: __import__("psutil").Process().memory_info().rss).values())
+
+                row = certify_row(DASK_EPS, executor=client)
+                row["workers_rss_mb_after"] = workers_rss() / 2**20
+                row["cluster"] = "LocalCluster(n_workers=2, threads_per_worker=1)"
+            return row
+
+        _step(results, out, f"disc/dask/{DASK_EPS:g}", dask_row)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=("train", "certify"))
+    parser.add_argument("--models", type=Path, default=Path("fashion-mnist-runs/certified"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/fashion_mnist/certified.json"))
+    parser.add_argument("--skip-dask", action="store_true")
+    args = parser.parse_args()
+    if args.stage == "train":
+        train(args.models, args.out)
+    else:
+        certify_all(args.models, args.out, args.skip_dask)
+
+
+if __name__ == "__main__":
+    main()
