@@ -4,7 +4,7 @@
     python benchmarks/fashion_mnist_certified.py certify --models fashion-mnist-runs/certified
 
 Two CertCNNs with the same architecture and training budget (RECIPE): one
-behind the default Fashion-MNIST codes (`pixdisc.experiments.CERTIFIED_CODEBOOK`,
+behind the default Fashion-MNIST codes (`pixdisc.codebook.CERTIFIED_CODEBOOKS`,
 chosen by benchmarks/fashion_mnist_sweep.py) trained with `train_certified`, and
 one without discretization, trained by plain interval-bound training on the
 eps-box (`train_certified(codebook=None)`). `certify` then certifies the
@@ -86,7 +86,7 @@ def _data():
 
 
 def _codebook(data):
-    from pixdisc.experiments import certified_codebook
+    from pixdisc.codebook import certified_codebook
 
     return certified_codebook("fashion_mnist", data.x_train)
 
@@ -99,7 +99,7 @@ def _accuracy(net, x: np.ndarray, y: np.ndarray) -> float:
                          for i in range(0, len(x), 1000)) / len(x))
 
 
-def train(models: Path, out: Path) -> None:
+def train(models: Path, out: Path, kinds: tuple[str, ...]) -> None:
     import torch
 
     import pixdisc
@@ -114,6 +114,8 @@ def train(models: Path, out: Path) -> None:
     results.setdefault("models", {})
     models.mkdir(parents=True, exist_ok=True)
     for kind, codebook in (("disc", book), ("plain", None)):
+        if kind not in kinds:
+            continue
         path = models / f"{kind}.pt"
         if not path.exists():
             load = os.getloadavg()[0]
@@ -134,6 +136,10 @@ def train(models: Path, out: Path) -> None:
                                    "epoch_seconds": meta["epoch_seconds"],
                                    "load_before": meta["load_before"], "torch_threads": meta["torch_threads"]}
         print(kind, json.dumps(results["models"][kind]), flush=True)
+        # Two train runs (one per model) may finish in any order: merge into what is on disk now.
+        if out.exists():
+            on_disk = json.loads(out.read_text())
+            results["models"] = {**on_disk.get("models", {}), **results["models"]}
         _save(out, results)
 
 
@@ -216,10 +222,12 @@ def main() -> None:
     parser.add_argument("stage", choices=("train", "certify"))
     parser.add_argument("--models", type=Path, default=Path("fashion-mnist-runs/certified"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/fashion_mnist/certified.json"))
-    parser.add_argument("--skip-dask", action="store_true")
+    parser.add_argument("--skip-dask", action="store_true", help="certify: no Dask LocalCluster row")
+    parser.add_argument("--only", choices=("disc", "plain"), default=None,
+                        help="train: only this model (run the two side by side)")
     args = parser.parse_args()
     if args.stage == "train":
-        train(args.models, args.out)
+        train(args.models, args.out, (args.only,) if args.only else ("disc", "plain"))
     else:
         certify_all(args.models, args.out, args.skip_dask)
 

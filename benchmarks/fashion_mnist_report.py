@@ -170,7 +170,7 @@ def certified_section(data: dict[str, Any] | None) -> list[str]:
               f"epoch, eps ramped to eps_train = {recipe['eps_train']:g} over {recipe['ramp_epochs']} epochs, "
               f"kappa 1 -> {recipe['kappa_end']:g}. **discretized**: `train_certified` behind the default "
               f"Fashion-MNIST codes {{{', '.join(str(c) for c in data['codes_255'])}}}/255 "
-              "(`pixdisc.experiments.certified_codebook('fashion_mnist', ...)`, from the sweep); **plain IBP**: the "
+              "(`pixdisc.codebook.certified_codebook('fashion_mnist', x_train)`, from the sweep); **plain IBP**: the "
               "same call with `codebook=None` (interval-bound training on the eps-box, no discretization)."]
     if disc and plain:
         lines += ["", f"Training time: discretized {disc['train_seconds'] / 60:.1f} min, plain "

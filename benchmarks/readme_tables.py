@@ -19,7 +19,10 @@ files and the README cannot drift from the data), then fills:
 - `<!-- demo-table -->`: `benchmarks/demo/results.json`, written by `pixdisc demo` (the report
   folder's results.json/md and PNGs copied there; table, wall time, machine load);
 - `<!-- attack-strength -->`: `benchmarks/attack_strength.json` (benchmarks/attack_strength.py);
-- `<!-- interval-certified -->`: `benchmarks/interval_certified.json` (benchmarks/interval_certified.py).
+- `<!-- interval-certified -->`: `benchmarks/interval_certified.json` (benchmarks/interval_certified.py);
+- `<!-- fashion-mnist -->`: `benchmarks/fashion_mnist/*.json` (benchmarks/fashion_mnist_sweep.py,
+  benchmarks/fashion_mnist_certified.py, `pixdisc reproduce fashion_mnist`), rendered with
+  `benchmarks/fashion_mnist.md` by benchmarks/fashion_mnist_report.py.
 """
 
 from __future__ import annotations
@@ -126,6 +129,13 @@ def _interval_block() -> str:
     return _rendered("interval_certified", interval_certified.render)
 
 
+def _fashion_block() -> str:
+    import fashion_mnist_report
+
+    fashion_mnist_report.main()  # benchmarks/fashion_mnist.md and its figure
+    return fashion_mnist_report.headline()
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
@@ -133,7 +143,8 @@ def main() -> None:
               "demo-load": _demo_load_block,
               "attack-strength": _attack_block, "interval-certified": _interval_block,
               "certify-native": _certify_native_block, "torch-benchmarks": _torch_block,
-              "analysis-mnist": _analysis_mnist_block, "analysis-neighbourhoods": _neighbourhoods_block}
+              "analysis-mnist": _analysis_mnist_block, "analysis-neighbourhoods": _neighbourhoods_block,
+              "fashion-mnist": _fashion_block}
     for marker, make in blocks.items():
         pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
         if not pattern.search(text):

@@ -32,6 +32,25 @@ def test_codes_from_npy_all_methods(tmp_path, capsys):
     assert "codes" in capsys.readouterr().out
 
 
+def test_codes_certified_gives_each_data_sets_recommended_codes(tmp_path, capsys):
+    from pixdisc.codebook import CERTIFIED_CODEBOOKS, certified_codebook
+
+    out = tmp_path / "codes.npz"
+    assert cli.main(["codes", "--dataset", "mnist5k", "--certified", "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # The paper's Algorithm 1 codes (k=2, r=0.6), which certify on MNIST (benchmarks/certify_mnist.md).
+    assert report["method"] == "density" and report["codes_255"] == [[0], [253]]
+    assert CERTIFIED_CODEBOOKS["fashion_mnist"] == {"method": "kmedoids", "k": 2}
+    x = np.concatenate([np.zeros((3, 4, 4, 1), np.uint8), np.full((2, 4, 4, 1), 200, np.uint8)])
+    book = certified_codebook("Fashion-MNIST", x)
+    assert isinstance(book, pixdisc.KMedoidsCodebook) and sorted(np.rint(book.codes_.ravel() * 255)) == [0, 200]
+    with pytest.raises(ValueError, match="no recommended codes.*cifar10"):
+        certified_codebook("cifar10", x)
+    _usage_error(["codes", "--dataset", "mnist5k", "--certified", "-k", "3", "-o", str(tmp_path / "b.npz")], "drop --method",
+                 capsys)
+    _usage_error(["codes", "--dataset", "digits", "--certified", "-o", str(tmp_path / "b.npz")], "no recommended codes", capsys)
+
+
 def _usage_error(argv, message, capsys):
     """Bad usage exits 2 with the subcommand's usage line and a message."""
     with pytest.raises(SystemExit) as exc:

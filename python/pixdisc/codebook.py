@@ -22,6 +22,8 @@ __all__ = [
     "UniformCodebook",
     "NotFittedError",
     "load_codebook",
+    "certified_codebook",
+    "CERTIFIED_CODEBOOKS",
     "METRICS",
     "KERNELS",
 ]
@@ -450,3 +452,27 @@ def load_codebook(path: Union[str, os.PathLike]) -> Codebook:
     for key, value in meta.get("fitted", {}).items():
         setattr(book, key, np.asarray(value) if isinstance(value, list) else value)
     return book
+
+
+# The codes to certify with, per data set (certified training and `certify`), as opposed to the paper's
+# codes above. Fashion-MNIST: the codebook sweep of benchmarks/fashion_mnist.md (k in 2..8 x density,
+# k-medoids, uniform) certified most with k-medoids k=2 ({0, 192}/255: the fewest ambiguous pixels at
+# eps 0.1, 7.5%; every k >= 3 leaves 17% or more). MNIST: the paper's Algorithm 1 codes, which
+# certify 95.5% at eps 0.1 (benchmarks/certify_mnist.md).
+CERTIFIED_CODEBOOKS: Dict[str, Dict[str, Any]] = {
+    "fashion_mnist": {"method": "kmedoids", "k": 2},
+    "mnist": {"method": "density", "k": 2, "r": 0.6},
+    "mnist5k": {"method": "density", "k": 2, "r": 0.6},
+}
+
+
+def certified_codebook(dataset: str, x_train: Any) -> Codebook:
+    """The codebook :data:`CERTIFIED_CODEBOOKS` recommends for ``dataset``, fitted on ``x_train`` (NHWC)."""
+    key = dataset.strip().lower().replace("-", "_")
+    if key not in CERTIFIED_CODEBOOKS:
+        raise ValueError(f"no recommended codes for certification on {dataset!r}; known: "
+                         f"{', '.join(CERTIFIED_CODEBOOKS)}")
+    spec = CERTIFIED_CODEBOOKS[key]
+    if spec["method"] == "kmedoids":
+        return KMedoidsCodebook(spec["k"], metric="l1", random_state=0).fit(x_train)
+    return DensityCodebook(spec["k"], spec["r"]).fit(x_train)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import (CommandError, EXIT_OK, UsageError, add_force_option, add_output_option, dataset_name,
+from ._common import (CommandError, EXIT_OK, UsageError, add_force_option, add_output_option, dataset_key,
+                      dataset_name,
                       nonnegative_int, positive_float, positive_int, refuse_overwrite, unit_float)
 
 
@@ -47,12 +48,31 @@ def _make_codebook(args: argparse.Namespace):
     return pixdisc.UniformCodebook(args.k, metric=args.metric or "l2")
 
 
+def _certified_codebook(args: argparse.Namespace):
+    """--certified: the data set's recommended codes for certification (pixdisc.codebook.CERTIFIED_CODEBOOKS)."""
+    from ..codebook import CERTIFIED_CODEBOOKS, certified_codebook
+
+    if args.npy is not None:
+        raise UsageError("--certified picks the codes of a data set: use --dataset, not --npy")
+    if args.method is not None or args.r is not None or args.k is not None:
+        raise UsageError("--certified chooses the method and k itself: drop --method/-k/-r")
+    key = dataset_key(args.dataset)
+    if key not in CERTIFIED_CODEBOOKS:
+        raise UsageError(f"no recommended codes for certification on {args.dataset}; known: "
+                         f"{', '.join(CERTIFIED_CODEBOOKS)} (choose --method and -k yourself)")
+    args.method, args.k = CERTIFIED_CODEBOOKS[key]["method"], CERTIFIED_CODEBOOKS[key]["k"]
+    return certified_codebook(key, _load_pixels(args))
+
+
 def cmd_codes(args: argparse.Namespace) -> int:
     """Fit a codebook, write it, print the codes."""
     refuse_overwrite(args.output, args.force)
-    book = _make_codebook(args)  # usage errors (a missing -r) before any data is read
-    x = _load_pixels(args)
-    book.fit(x, channel_axis=args.channel_axis)
+    if args.certified:
+        book = _certified_codebook(args)
+    else:
+        args.method, args.k = args.method or "density", args.k or 2
+        book = _make_codebook(args)  # usage errors (a missing -r) before any data is read
+        book.fit(_load_pixels(args), channel_axis=args.channel_axis)
     path = book.save(args.output)
     codes = book.codes_
     report = {
@@ -89,10 +109,15 @@ def add_codes(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="folder holding the data set's files")
     p.add_argument("--split", choices=("train", "test", "all"), default="train",
                    help="which images of the data set to fit on (default: train)")
-    p.add_argument("--method", choices=("density", "kmedoids", "kmeans", "uniform"), default="density",
+    p.add_argument("--method", choices=("density", "kmedoids", "kmeans", "uniform"), default=None,
                    help="density: Algorithm 1 (needs -r); kmedoids: Algorithm 2; kmeans; uniform: colour-depth "
                         "reduction (default: density)")
-    p.add_argument("-k", type=positive_int, default=2, help="number of codes (levels per channel for uniform)")
+    p.add_argument("-k", type=positive_int, default=None,
+                   help="number of codes (levels per channel for uniform; default 2)")
+    p.add_argument("--certified", action="store_true",
+                   help="the data set's recommended codes for certified training and certify (fashion_mnist: "
+                        "k-medoids k=2, from the sweep in benchmarks/fashion_mnist.md; mnist/mnist5k: density k=2, "
+                        "r=0.6)")
     p.add_argument("-r", "--radius", dest="r", type=unit_float, default=None,
                    help="removal radius of Algorithm 1 (pixel scale [0,1]); required for density")
     p.add_argument("--metric", choices=METRICS, default=None,
