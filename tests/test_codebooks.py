@@ -377,3 +377,20 @@ def test_codebooks_work_in_sklearn_pipelines_and_grid_search(rng):
 
     search = GridSearchCV(pixdisc.DensityCodebook(k=1, r=0.1), {"k": [1, 2, 4]}, scoring=score, cv=3).fit(x, y)
     assert search.best_params_ == {"k": 4}
+
+
+def test_fashion_mnist_default_codes_are_the_sweeps_choice():
+    """CERTIFIED_CODEBOOKS["fashion_mnist"] is what the committed sweep (benchmarks/fashion_mnist.md) chose."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from pixdisc.codebook import CERTIFIED_CODEBOOKS
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("fashion_mnist_report", bench / "fashion_mnist_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    best = report.best_cell(json.loads((bench / "fashion_mnist" / "sweep.json").read_text()))
+    chosen = {"method": best["method"], "k": best["k"], **({"r": best["r"]} if "r" in best else {})}
+    assert CERTIFIED_CODEBOOKS["fashion_mnist"] == chosen
