@@ -219,9 +219,14 @@ def certify_all(models: Path, out: Path, skip_dask: bool, pause: list[int]) -> N
         proven = 0
         with torch.no_grad(), PeakMemory() as memory:
             for i in range(0, n, 500):
-                x = torch.from_numpy(x_test[i:i + 500])
-                proven += int(certified_by_bounds(plain, (x - eps).clamp(0, 1), (x + eps).clamp(0, 1),
-                                                  torch.from_numpy(data.y_test[i:i + 500]), method="crown").sum())
+                x, y = torch.from_numpy(x_test[i:i + 500]), torch.from_numpy(data.y_test[i:i + 500])
+                lower, upper = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+                # CROWN (intersected with IBP, as certify's root) proves everything IBP proves: run it on the rest.
+                by_ibp = certified_by_bounds(plain, lower, upper, y, method="ibp")
+                rest = ~by_ibp
+                proven += int(by_ibp.sum())
+                if rest.any():
+                    proven += int(certified_by_bounds(plain, lower[rest], upper[rest], y[rest], method="crown").sum())
         seconds = time.perf_counter() - started
         return {"eps": eps, "n": n, "verified": proven / n, "seconds": seconds, "images_per_second": n / seconds,
                 "peak_rss_mb": memory.peak / 2**20}
