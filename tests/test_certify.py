@@ -522,3 +522,38 @@ def test_certify_result_carries_each_unable_reason():
     result = certify(net, book, x, np.array([0, 0]), 0.1, mode="paper", b=1.0, executor="serial", progress=False)
     assert list(result.outcome) == ["unable", "unable"]
     assert all("b = 1" in reason for reason in result.reason)
+
+
+def test_engine_margins_refine_only_what_interval_bounds_leave_open(monkeypatch):
+    """CROWN runs only on the boxes IBP did not prove, and every box gets the full CROWN bound's decision."""
+    from pixdisc import bounds
+    from pixdisc.certification.engine import _MARGIN_TOLERANCE, _Engine
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
+    book = pixdisc.Codebook(np.array([[0], [128], [255]], np.uint8))
+    engine = _Engine(net, book, 0.1, "bab", 64.0, "crown", "auto", Budget(), 64, (1, 4, 4), "cpu")
+    rng = np.random.default_rng(0)
+    centres = rng.random((60, 16))
+    widths = rng.choice([0.0, 0.01, 0.05, 0.3], size=(60, 1)) * rng.random((60, 16))
+    boxes = [(np.clip(c - w, 0, 1), np.clip(c + w, 0, 1)) for c, w in zip(centres, widths)]
+    labels = [int(v) for v in rng.integers(0, 3, 60)]
+    sizes = []
+    real = bounds.margin_lower_bound
+
+    def counting(net, lower, upper, y, method="crown", **kwargs):
+        sizes.append((method, len(lower)))
+        return real(net, lower, upper, y, method=method, **kwargs)
+
+    monkeypatch.setattr(bounds, "margin_lower_bound", counting)
+    worst = engine._margins(boxes, labels)
+    lower = torch.from_numpy(np.stack([b[0] for b in boxes])).reshape(-1, 1, 4, 4)
+    upper = torch.from_numpy(np.stack([b[1] for b in boxes])).reshape(-1, 1, 4, 4)
+    y = torch.tensor(labels)
+    with torch.no_grad():
+        full = {method: real(net, lower, upper, y, method=method, dtype=torch.float64).scatter(
+            1, y[:, None], float("inf")).min(1).values.numpy() - _MARGIN_TOLERANCE for method in ("ibp", "crown")}
+    np.testing.assert_array_equal(worst > 0, full["crown"] > 0)
+    ibp_open = int((full["ibp"] <= 0).sum())
+    assert 0 < ibp_open < 60 and (full["crown"] > 0).sum() > (full["ibp"] > 0).sum()  # the case is informative
+    assert sizes == [("ibp", 60), ("crown", ibp_open)]
