@@ -195,6 +195,21 @@ def plot_sweep(data: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _rerun_difference(steps: dict[str, Any]) -> str:
+    old, new = steps.get("disc/default-crown-everywhere/0.1"), steps.get("disc/default/0.1")
+    if not (old and new):
+        return ""
+    counts = {name: (round(old[name] * old["n"]), round(new[name] * new["n"])) for name in ("certified", "failed",
+                                                                                          "unable")}
+    changed = {name: pair for name, pair in counts.items() if pair[0] != pair[1]}
+    if not changed:
+        return " Both runs decided every image the same way."
+    return (" The two eps-0.1 runs differ in " + ", ".join(f"{name} {a:,} -> {b:,}" for name, (a, b) in
+                                                           changed.items())
+            + ": images whose branch and bound ends near its 5-second budget are decided by how fast the "
+              "machine ran them.")
+
+
 def _seconds(step: dict[str, Any] | None) -> str:
     return "" if step is None else f"{step['seconds']:.0f} s"
 
@@ -205,9 +220,12 @@ def certified_section(data: dict[str, Any] | None) -> list[str]:
         return lines + ["Not run yet: `python benchmarks/fashion_mnist_certified.py train` then `... certify`.", ""]
     recipe, models, steps = data["recipe"], data["models"], data.get("steps", {})
     disc, plain = models.get("disc"), models.get("plain")
-    lines += ["Commands: `python benchmarks/fashion_mnist_certified.py train --models fashion-mnist-runs/certified` "
-              "(training, 1 torch thread, beside the other runs), then `python benchmarks/fashion_mnist_certified.py "
-              "certify --models fashion-mnist-runs/certified` (alone on the machine).", "",
+    lines += ["Commands: `python benchmarks/fashion_mnist_certified.py train --only disc` and `... train --only "
+              "plain` (1 torch thread each, beside the other Fashion-MNIST runs), then `python "
+              "benchmarks/fashion_mnist_certified.py certify --pause PID` (PID: the `pixdisc reproduce` run, "
+              "stopped during every timed certification so that it runs on an idle machine; the plain model's "
+              "verification and the attack suite ran beside it); after the root-bound change below, `... certify "
+              "--eps 0.1 --pause PID` again.", "",
               f"Both models: `{recipe['arch']}` (conv16 4x4/2, conv32 4x4, fc256), {recipe['epochs']} epochs of "
               f"batch {recipe['batch_size']} on all 60,000 training images, Adam {recipe['lr']:g} divided by 10 at "
               f"epochs {', '.join(str(m) for m in recipe['lr_milestones'])}, {recipe['warmup_epochs']} natural "
@@ -231,7 +249,7 @@ def certified_section(data: dict[str, Any] | None) -> list[str]:
                       "CROWN-verified on the eps-box (the bound certify's root uses). Peak memory: resident set of "
                       "the process and its workers, sampled every 0.2 s.", "",
                       "| eps | executor | root bounds | certified (95% lower bound) | failed | unable | wall time | "
-                      "images/s | peak memory | load before | plain IBP, verified | plain wall time |",
+                      "images/s | peak memory | other runs | plain IBP, verified | plain wall time |",
                       "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         rows = sorted(((key, s) for key, s in steps.items() if key.split("/")[0] == "disc" and "certified" in s),
                       key=lambda item: (item[1]["eps"], item[0].split("/")[1] != "default-crown-everywhere"))
@@ -243,13 +261,14 @@ def certified_section(data: dict[str, Any] | None) -> list[str]:
             lines.append(f"| {s['eps']:g} | {executor} | {s.get('root_bounds', 'CROWN on every box')} | "
                          f"{_pct(s['certified'])} ({_pct(s['lower_clopper_pearson'])}) "
                          f"| {_pct(s['failed'])} | {_pct(s['unable'], 2)} | {s['seconds']:.0f} s | "
-                         f"{s['images_per_second']:.0f} | {memory:.0f} MB | {s['load_before']:.1f} | "
+                         f"{s['images_per_second']:.0f} | {memory:.0f} MB | "
+                         f"{'paused' if 'paused_others_seconds' in s else 'load %.1f' % s['load_before']} | "
                          f"{_pct(p['verified']) if p else ''} | {_seconds(p)} |")
         if any(key.startswith("disc/default-crown-everywhere/") for key in steps):
             lines += ["", "Rows with root bounds 'CROWN on every box' come from the first run of this benchmark; "
                           "certify now computes interval bounds first and CROWN only on the boxes they leave open "
                           "(the same decisions: CROWN is intersected with IBP, so it proves whatever IBP proves; "
-                          "tests/test_certify.py checks it box by box). Same model, same images, same outcomes."]
+                          "tests/test_certify.py checks it box by box)." + _rerun_difference(steps)]
         suite_disc, suite_plain = steps.get("disc/suite/0.1"), steps.get("plain/suite/0.1")
         if suite_disc:
             lines += ["", f"Attack ceiling beside the floor (first {suite_disc['n']:,} test images, eps 0.1, "
