@@ -40,7 +40,7 @@ def test_codes_certified_gives_each_data_sets_recommended_codes(tmp_path, capsys
     report = json.loads(capsys.readouterr().out)
     # The paper's Algorithm 1 codes (k=2, r=0.6), which certify on MNIST (benchmarks/certify_mnist.md).
     assert report["method"] == "density" and report["codes_255"] == [[0], [253]]
-    assert CERTIFIED_CODEBOOKS["fashion_mnist"] == {"method": "kmedoids", "k": 2}
+    assert set(CERTIFIED_CODEBOOKS) >= {"fashion_mnist", "mnist", "mnist5k"}  # the sweep's choice: test_codebooks
     x = np.concatenate([np.zeros((3, 4, 4, 1), np.uint8), np.full((2, 4, 4, 1), 200, np.uint8)])
     book = certified_codebook("Fashion-MNIST", x)
     assert isinstance(book, pixdisc.KMedoidsCodebook) and sorted(np.rint(book.codes_.ravel() * 255)) == [0, 200]
