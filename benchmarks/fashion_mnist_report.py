@@ -247,9 +247,11 @@ def certified_section(data: dict[str, Any] | None) -> list[str]:
                       "all 10,000 test images with the default executor (one local process per core) and, at eps "
                       "0.1, on a Dask `LocalCluster(n_workers=2, threads_per_worker=1)`. The plain model is "
                       "CROWN-verified on the eps-box (the bound certify's root uses). Peak memory: resident set of "
-                      "the process and its workers, sampled every 0.2 s.", "",
+                      "the process and its workers, sampled every 0.2 s. 'paused': the other long runs were stopped "
+                      "for the timed run; a load average of about 2 is then certify's own two workers.", "",
                       "| eps | executor | root bounds | certified (95% lower bound) | failed | unable | wall time | "
-                      "images/s | peak memory | other runs | plain IBP, verified | plain wall time |",
+                      "images/s | peak memory | other runs (load average before -> after) | plain IBP, verified | "
+                      "plain wall time |",
                       "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         rows = sorted(((key, s) for key, s in steps.items() if key.split("/")[0] == "disc" and "certified" in s),
                       key=lambda item: (item[1]["eps"], item[0].split("/")[1] != "default-crown-everywhere"))
@@ -262,7 +264,8 @@ def certified_section(data: dict[str, Any] | None) -> list[str]:
                          f"{_pct(s['certified'])} ({_pct(s['lower_clopper_pearson'])}) "
                          f"| {_pct(s['failed'])} | {_pct(s['unable'], 2)} | {s['seconds']:.0f} s | "
                          f"{s['images_per_second']:.0f} | {memory:.0f} MB | "
-                         f"{'paused' if 'paused_others_seconds' in s else 'load %.1f' % s['load_before']} | "
+                         f"{'paused; ' if 'paused_others_seconds' in s else ''}load {s['load_before']:.1f} -> "
+                         f"{s['load_after']:.1f} | "
                          f"{_pct(p['verified']) if p else ''} | {_seconds(p)} |")
         if any(key.startswith("disc/default-crown-everywhere/") for key in steps):
             lines += ["", "Rows with root bounds 'CROWN on every box' come from the first run of this benchmark; "
