@@ -304,7 +304,20 @@ def targets_section(certified: dict[str, Any] | None) -> list[str]:
               (f"10,000 images in under {TARGETS['seconds'] / 60:.0f} minutes: {s['seconds'] / 60:.1f} min",
                s["seconds"] < TARGETS["seconds"]),
               (f"above Wong & Kolter's {WONG_KOLTER:.1%} (convex outer bound, 2018)", s["certified"] > WONG_KOLTER)]
-    return lines + [f"- {'met' if ok else '**not met**'}: {text}" for text, ok in checks] + [""]
+    lines += [f"- {'met' if ok else '**not met**'}: {text}" for text, ok in checks] + [""]
+    suite = steps.get("disc/suite/0.1")
+    if suite and suite.get("floor") is not None:
+        lines += [f"Reading: behind the codes, the same network and training budget certify {abs(gap):.1f} points "
+                  f"{'more' if gap >= 0 else 'less'} than plain interval-bound training, with {_pct(disc['clean_accuracy'])} clean accuracy against "
+                  f"{_pct(certified['models']['plain']['clean_accuracy'])}. The certificate is nearly exact: on the "
+                  f"first {suite['n']:,} test images the floor ({_pct(suite['floor'])}) is "
+                  f"{100 * (suite['ceiling'] - suite['floor']):.1f} points below the strongest attacks' ceiling "
+                  f"({_pct(suite['ceiling'])}), and every 'failed' image has a real counterexample. What keeps the "
+                  "number below the moonshot is the model, not the verifier: in the sweep (section 2) certified "
+                  "accuracy stops rising at k=4 (and falls for k=6-8 except with density codes) while the codes' "
+                  "own clean accuracy stays near 81% at its budget, so more codes do not help; a larger network and longer training (not affordable on 2 cores here) are "
+                  "the next levers.", ""]
+    return lines
 
 
 def render() -> str:
