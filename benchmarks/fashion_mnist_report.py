@@ -313,7 +313,7 @@ def targets_section(certified: dict[str, Any] | None) -> list[str]:
                   f"first {suite['n']:,} test images the floor ({_pct(suite['floor'])}) is "
                   f"{100 * (suite['ceiling'] - suite['floor']):.1f} points below the strongest attacks' ceiling "
                   f"({_pct(suite['ceiling'])}), and every 'failed' image has a real counterexample. What keeps the "
-                  "number below the moonshot is the model, not the verifier: in the sweep (section 2) certified "
+                  "number below the moonshot is the model, not the verifier: in the codebook sweep certified "
                   "accuracy stops rising at k=4 (and falls for k=6-8 except with density codes) while the codes' "
                   "own clean accuracy stays near 81% at its budget, so more codes do not help; a larger network and longer training (not affordable on 2 cores here) are "
                   "the next levers.", ""]
