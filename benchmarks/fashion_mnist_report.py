@@ -210,6 +210,13 @@ def _rerun_difference(steps: dict[str, Any]) -> str:
               "machine ran them.")
 
 
+def _others(step: dict[str, Any]) -> str:
+    # A load average well above certify's own two workers means another process shared the machine.
+    if "paused_others_seconds" not in step:
+        return ""
+    return "paused; " if max(step["load_before"], step["load_after"]) < 2.5 else "paused, but shared with another job; "
+
+
 def _seconds(step: dict[str, Any] | None) -> str:
     return "" if step is None else f"{step['seconds']:.0f} s"
 
@@ -264,8 +271,7 @@ def certified_section(data: dict[str, Any] | None) -> list[str]:
                          f"{_pct(s['certified'])} ({_pct(s['lower_clopper_pearson'])}) "
                          f"| {_pct(s['failed'])} | {_pct(s['unable'], 2)} | {s['seconds']:.0f} s | "
                          f"{s['images_per_second']:.0f} | {memory:.0f} MB | "
-                         f"{'paused; ' if 'paused_others_seconds' in s else ''}load {s['load_before']:.1f} -> "
-                         f"{s['load_after']:.1f} | "
+                         f"{_others(s)}load {s['load_before']:.1f} -> {s['load_after']:.1f} | "
                          f"{_pct(p['verified']) if p else ''} | {_seconds(p)} |")
         if any(key.startswith("disc/default-crown-everywhere/") for key in steps):
             lines += ["", "Rows with root bounds 'CROWN on every box' come from the first run of this benchmark; "
