@@ -116,7 +116,7 @@ def add_codes(sub: argparse._SubParsersAction) -> None:
                    help="number of codes (levels per channel for uniform; default 2)")
     p.add_argument("--certified", action="store_true",
                    help="the data set's recommended codes for certified training and certify (fashion_mnist: "
-                        "k-medoids k=2, from the sweep in benchmarks/fashion_mnist.md; mnist/mnist5k: density k=2, "
+                        "k-medoids k=4, from the sweep in benchmarks/fashion_mnist.md; mnist/mnist5k: density k=2, "
                         "r=0.6)")
     p.add_argument("-r", "--radius", dest="r", type=unit_float, default=None,
                    help="removal radius of Algorithm 1 (pixel scale [0,1]); required for density")

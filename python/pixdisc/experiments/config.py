@@ -164,8 +164,8 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 # demo's epochs, chosen for 4,000 images, would cost hours on 2 cores. Fashion-MNIST: 60,000 images make
 # one epoch 15x the demo's; 4 adversarial epochs (3,750 batches of 64, 10 PGD steps of 0.02 each: the
 # total travel 0.2 of the paper's 20 x 0.01) and one re-training epoch (938 batches, 7x the demo's two
-# epochs on 4,000 images); wall times in benchmarks/fashion_mnist.md. The attack suite runs on the first n_test test images; reproduce
-# adds clean accuracy on all of them.
+# epochs on 4,000 images); wall times in benchmarks/fashion_mnist.md. The attack suite runs on the first
+# n_test test images; reproduce adds clean accuracy on all of them.
 FULL_SCALE_TRAINING: dict[str, dict[str, Any]] = {
     "fashion_mnist": {"natural_epochs": 3, "adversarial_epochs": 4, "adversarial_lr_milestones": (3,),
                       "retrain_epochs": 1, "adversarial_retrain_epochs": 1},

@@ -24,7 +24,7 @@ from ..codebook import Codebook, DensityCodebook, KMedoidsCodebook, UniformCodeb
 from ..discretize import Discretize
 from ..experiments import DEMO_CONFIG, QUICK_CONFIG, ExperimentConfig, attack_specs, config_for_dataset, \
     evaluate_setting
-from ..models import load_model, save_model
+from ..models import load_model, predict, save_model
 from ..plan import train_settings
 from ..train import SETTINGS
 
@@ -227,12 +227,8 @@ def _evaluate(ctx: _Context, data: datasets.Dataset, models: Mapping[str, nn.Mod
 
 
 def _clean_accuracy(model: nn.Module, data: datasets.Dataset, batch_size: int) -> tuple[float, int]:
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(data.x_test), batch_size):
-            x = torch.from_numpy(datasets.as_float_nchw(data.x_test[start:start + batch_size]))
-            correct += int((model(x).argmax(1).numpy() == data.y_test[start:start + batch_size]).sum())
-    return correct / len(data.x_test), len(data.x_test)
+    labels = predict(model, datasets.as_float_nchw(data.x_test), batch_size=batch_size).numpy()
+    return float((labels == data.y_test).mean()), len(data.x_test)
 
 
 def _curves(ctx: _Context, data: datasets.Dataset, models: Mapping[str, nn.Module], book_tag: str,
