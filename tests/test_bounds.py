@@ -419,8 +419,8 @@ def test_patches_and_folded_relu_change_nothing(arch, monkeypatch):
     net, shape = arch(15)
     lower, upper = random_box(shape, batch=3, eps=0.15, seed=16)
     fast = crown_bounds(net, lower, upper, intersect_ibp=False)
-    monkeypatch.setattr(bounds, "_USE_PATCHES", False)
-    monkeypatch.setattr(bounds, "_FUSE_RELU_POOL", False)
+    monkeypatch.setattr(bounds.tunables, "USE_PATCHES", False)
+    monkeypatch.setattr(bounds.tunables, "FUSE_RELU_POOL", False)
     plain = crown_bounds(net, lower, upper, intersect_ibp=False)
     for got, want in zip(fast, plain):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
@@ -430,7 +430,7 @@ def test_small_chunks_change_nothing(monkeypatch):
     net, shape = cnn_maxpool(17)
     lower, upper = random_box(shape, batch=3, eps=0.15, seed=18)
     whole = crown_bounds(net, lower, upper)
-    monkeypatch.setattr(bounds, "_CHUNK_BYTES", 1)
+    monkeypatch.setattr(bounds.tunables, "CHUNK_BYTES", 1)
     chunked = crown_bounds(net, lower, upper)
     for got, want in zip(chunked, whole):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)

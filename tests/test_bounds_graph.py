@@ -162,10 +162,10 @@ def test_patches_fusion_and_chunks_change_nothing_on_graphs(make, shape, monkeyp
     lower, upper = _box(shape, batch=3, eps=0.15, seed=12)
     with torch.no_grad():
         fast = crown_bounds(net, lower, upper, intersect_ibp=False)
-        monkeypatch.setattr(bounds, "_CHUNK_BYTES", 1)
+        monkeypatch.setattr(bounds.tunables, "CHUNK_BYTES", 1)
         chunked = crown_bounds(net, lower, upper, intersect_ibp=False)
-        monkeypatch.setattr(bounds, "_USE_PATCHES", False)
-        monkeypatch.setattr(bounds, "_FUSE_RELU_POOL", False)
+        monkeypatch.setattr(bounds.tunables, "USE_PATCHES", False)
+        monkeypatch.setattr(bounds.tunables, "FUSE_RELU_POOL", False)
         plain = crown_bounds(net, lower, upper, intersect_ibp=False)
     for got in (chunked, plain):
         for a, b in zip(got, fast):

@@ -524,13 +524,15 @@ def test_certify_result_carries_each_unable_reason():
     assert all("b = 1" in reason for reason in result.reason)
 
 
-def test_engine_margins_refine_only_what_interval_bounds_leave_open(monkeypatch):
-    """CROWN runs only on the boxes IBP did not prove, and every box gets the full CROWN bound's decision."""
+def test_engine_margins_escalate_only_what_cheaper_tiers_leave_open(monkeypatch):
+    """Each tier runs only on the boxes the tiers before it did not prove; every box gets the best tier's decision."""
     from pixdisc import bounds
+    from pixdisc.bounds.crown import _Propagator
     from pixdisc.certification.engine import _MARGIN_TOLERANCE, _Engine
 
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 12), torch.nn.ReLU(), torch.nn.Linear(12, 12),
+                              torch.nn.ReLU(), torch.nn.Linear(12, 3))
     book = pixdisc.Codebook(np.array([[0], [128], [255]], np.uint8))
     engine = _Engine(net, book, 0.1, "bab", 64.0, "crown", "auto", Budget(), 64, (1, 4, 4), "cpu")
     rng = np.random.default_rng(0)
@@ -538,22 +540,29 @@ def test_engine_margins_refine_only_what_interval_bounds_leave_open(monkeypatch)
     widths = rng.choice([0.0, 0.01, 0.05, 0.3], size=(60, 1)) * rng.random((60, 16))
     boxes = [(np.clip(c - w, 0, 1), np.clip(c + w, 0, 1)) for c, w in zip(centres, widths)]
     labels = [int(v) for v in rng.integers(0, 3, 60)]
-    sizes = []
-    real = bounds.margin_lower_bound
+    calls = []
+    real = _Propagator.crown_lower
 
-    def counting(net, lower, upper, y, method="crown", **kwargs):
-        sizes.append((method, len(lower)))
-        return real(net, lower, upper, y, method=method, **kwargs)
+    def counting(self, A, intermediate, intersect_ibp):
+        calls.append((intermediate, self.batch))
+        return real(self, A, intermediate, intersect_ibp)
 
-    monkeypatch.setattr(bounds, "margin_lower_bound", counting)
-    worst = engine._margins(boxes, labels)
+    monkeypatch.setattr(_Propagator, "crown_lower", counting)
+    worst, escalation = engine._margins(boxes, labels, bounds.Meter(), "ibp", "crown")
+    monkeypatch.undo()
     lower = torch.from_numpy(np.stack([b[0] for b in boxes])).reshape(-1, 1, 4, 4)
     upper = torch.from_numpy(np.stack([b[1] for b in boxes])).reshape(-1, 1, 4, 4)
     y = torch.tensor(labels)
     with torch.no_grad():
-        full = {method: real(net, lower, upper, y, method=method, dtype=torch.float64).scatter(
-            1, y[:, None], float("inf")).min(1).values.numpy() - _MARGIN_TOLERANCE for method in ("ibp", "crown")}
-    np.testing.assert_array_equal(worst > 0, full["crown"] > 0)
+        full = {method: bounds.margin_lower_bound(net, lower, upper, y, method=method, dtype=torch.float64).scatter(
+            1, y[:, None], float("inf")).min(1).values.numpy() - _MARGIN_TOLERANCE
+            for method in ("ibp", "crown-ibp", "crown")}
+    # Each tier is intersected with the ones before: the decisions are those of the best tier, box by box.
+    best = np.maximum(np.maximum(full["ibp"], full["crown-ibp"]), full["crown"])
+    np.testing.assert_array_equal(worst > 0, best > 0)
     ibp_open = int((full["ibp"] <= 0).sum())
-    assert 0 < ibp_open < 60 and (full["crown"] > 0).sum() > (full["ibp"] > 0).sum()  # the case is informative
-    assert sizes == [("ibp", 60), ("crown", ibp_open)]
+    crown_ibp_open = int((np.maximum(full["ibp"], full["crown-ibp"]) <= 0).sum())
+    assert 0 < crown_ibp_open < ibp_open < 60 and (worst > 0).sum() > 60 - crown_ibp_open  # the case is informative
+    assert calls == [("ibp", ibp_open), ("crown", crown_ibp_open)]
+    assert escalation.tier == ["ibp" if full["ibp"][i] > 0 else "crown-ibp" if full["crown-ibp"][i] > 0 else "crown"
+                               for i in range(60)]

@@ -324,7 +324,12 @@ def test_certify_exact_stage_decides_what_branching_leaves_open(monkeypatch):
     from pixdisc.certification import Budget, certify
     from pixdisc.realize import pixel_options
 
-    monkeypatch.setattr(engine._Engine, "_root_bounds", lambda self, samples: [False] * len(samples))
+    from pixdisc.bounds import Escalation
+
+    def no_proof(self, boxes, labels, meter, first, top):
+        return np.full(len(boxes), -np.inf), Escalation(torch.zeros(len(boxes), 3), [first] * len(boxes))
+
+    monkeypatch.setattr(engine._Engine, "_margins", no_proof)
     side, n = 4, 12
     gen = torch.Generator().manual_seed(5)
     x = torch.rand(n, 1, side, side, generator=gen)

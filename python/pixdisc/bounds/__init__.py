@@ -6,7 +6,9 @@ additions, concatenation, reshapes and functional ReLU/pooling
 (``SUPPORTED_OPERATIONS``). Modules: ``graph`` (the network as ops),
 ``interval`` (boxes and interval steps), ``relax`` (ReLU/max-pool
 relaxations), ``states`` (dense and patch coefficients, backward steps),
-``crown`` (the propagator over the graph).
+``crown`` (the propagator over the graph, alpha-CROWN included), ``tiers``
+(the tiers escalated box by box), ``meter`` (work and deadline of a bound
+computation), ``tunables`` (chunk size, slope optimisation).
 """
 
 from __future__ import annotations
@@ -16,29 +18,29 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-# Size of the largest coefficient tensor one backward chunk may build. A
-# chunk allocates a few temporaries of this size; small chunks also stay in
-# cache (on the IBP paper's MNIST CNN, 16 MiB was faster than 128 MiB).
-_CHUNK_BYTES = 1 << 24
-# Patch-mode coefficients for conv nodes, and ReLU folded into the max-pool
-# after it (both off only to cross-check in tests).
-_USE_PATCHES = True
-_FUSE_RELU_POOL = True
-
-from .crown import _Propagator  # noqa: E402 - reads the tunables above from this package
-from .graph import SUPPORTED_LAYERS, SUPPORTED_OPERATIONS  # noqa: E402
-from .graph import _flatten_net  # noqa: E402 - the layer list of a Sequential, for tests
+from . import tunables
+from .crown import _Propagator
+from .graph import SUPPORTED_LAYERS, SUPPORTED_OPERATIONS
+from .graph import _flatten_net  # the layer list of a Sequential, for tests
+from .meter import BudgetExhausted, Meter
+from .tiers import TIERS, Escalation, check_tier, escalate, margin_matrix
 
 _TEST_HOOKS = (_flatten_net,)  # private names tests reach through the package
 
 __all__ = [
     "SUPPORTED_LAYERS",
     "SUPPORTED_OPERATIONS",
+    "TIERS",
+    "BudgetExhausted",
+    "Escalation",
+    "Meter",
     "certified_by_bounds",
     "crown_bounds",
+    "escalate",
     "interval_bounds",
     "margin_lower_bound",
     "margin_matrix",
+    "tunables",
 ]
 
 
@@ -99,7 +101,7 @@ def crown_bounds(
     Shapes, ``C`` and ``dtype`` as in ``interval_bounds``; the same caveat on
     floating-point rounding applies. Conv layers are handled in patch form
     (each neuron's receptive field only) and the work is chunked so that a
-    chunk's largest coefficient tensor stays near ``_CHUNK_BYTES``. Over a
+    chunk's largest coefficient tensor stays near ``tunables.CHUNK_BYTES``. Over a
     traced graph the backward pass visits values in reverse topological
     order: a value read by several ops (a residual block's input) sums their
     shares, kept in patch form when the branches' windows nest, and a
@@ -124,17 +126,6 @@ def crown_bounds(
     return out_lower, out_upper
 
 
-def margin_matrix(y: Tensor, num_classes: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Specification (N, K, K) whose row j is ``e_y - e_j``: ``C @ logits`` are the margins ``logit_y - logit_j``."""
-    y = torch.as_tensor(y)
-    if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
-        raise ValueError(f"y must be a 1-d integer tensor of labels, got dtype {y.dtype} and shape {tuple(y.shape)}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
-    eye = torch.eye(num_classes, dtype=dtype, device=y.device)
-    return eye[y].unsqueeze(1) - eye.unsqueeze(0)
-
-
 def margin_lower_bound(
     net: nn.Module,
     lower: Tensor,
@@ -152,11 +143,15 @@ def margin_lower_bound(
     the network), not as differences of separate logit bounds. The entry
     ``j == y`` is exactly 0 (the true margin of y over itself), so the
     result can be fed to a cross-entropy loss as negated worst-case logits.
-    ``method`` is ``"crown"`` or ``"ibp"``; the keyword options are those of
-    ``crown_bounds`` (ignored for IBP except ``dtype``).
+    ``method`` is a tier of ``TIERS``: ``"ibp"``, ``"crown-ibp"`` (CROWN of
+    the output over interval intermediate bounds, the same as ``"crown"``
+    with ``intermediate="ibp"``), ``"crown"`` or ``"alpha-crown"``
+    (``"crown"``, then optimised slopes; not differentiable). The keyword
+    options are those of ``crown_bounds`` (``dtype`` alone for the others).
     """
-    if method not in ("crown", "ibp"):
-        raise ValueError(f"method must be 'crown' or 'ibp', got {method!r}")
+    check_tier(method, "method")
+    if method == "crown-ibp":
+        method, intermediate = "crown", "ibp"
     prop = _Propagator(net, lower, upper, dtype)
     y = torch.as_tensor(y, device=prop.lower.device)
     if y.shape != (prop.batch,):
@@ -164,8 +159,11 @@ def margin_lower_bound(
     A = prop.spec(margin_matrix(y, prop.num_outputs(), dtype=prop.dtype))
     if method == "ibp":
         value = prop.tail_lower(prop.ibp_nodes(), A)
-    else:
+    elif method == "crown":
         value = prop.crown_lower(A, intermediate, intersect_ibp)
+    else:
+        with torch.no_grad():
+            value = prop.alpha_lower(A, prop.crown_lower(A, "crown", True))
     # Exactly 0 already (a zero row); pinned so that no rounding can differ.
     return value.scatter(1, y.unsqueeze(1), 0.0)
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Dict, FrozenSet, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-# Tunables live on the package, where tests and callers set them; read at call time.
-from .. import bounds as _settings
+from . import tunables
 from .graph import Graph, Op, build_graph
 from .interval import Bounds, _check_box, _ibp_op, _ibp_step, _resolve_dtype
+from .meter import Meter
 from .relax import _disjoint_windows, _fuse_relu, _needs_refinement, _relaxation, _ReluRelax, _PoolRelax
 from .states import (
     _add_states,
@@ -50,7 +51,9 @@ class _Propagator:
     is the input of layer ``i``, and ``layers`` lists the layers.
     """
 
-    def __init__(self, net: nn.Module, lower: Tensor, upper: Tensor, dtype: Optional[torch.dtype]) -> None:
+    def __init__(
+        self, net: nn.Module, lower: Tensor, upper: Tensor, dtype: Optional[torch.dtype], meter: Optional[Meter] = None
+    ) -> None:
         if not isinstance(lower, Tensor) or not isinstance(upper, Tensor):
             raise TypeError("lower and upper must be torch tensors")
         params = [t for t in list(net.parameters()) + list(net.buffers()) if t.is_floating_point()]
@@ -59,7 +62,35 @@ class _Propagator:
         self.dtype = _resolve_dtype(self.graph.modules(), lower, dtype)
         self.lower, self.upper = _check_box(lower, upper, self.dtype)
         self.batch = self.lower.shape[0]
+        self.meter = meter
+        self.phase = "bounds"  # what is being computed, for the message when the meter runs out
         self._ibp_nodes: Optional[List[Bounds]] = None
+        # Intermediate bounds and relaxations per method ("ibp", "crown"), reused by later tiers.
+        self._crown: Dict[str, Tuple[List[Bounds], Dict[object, object]]] = {}
+
+    def select(self, rows: Tensor) -> "_Propagator":
+        """The same network over the boxes ``rows`` (a boolean mask or indices), keeping what was computed."""
+        other = object.__new__(_Propagator)
+        other.__dict__.update(self.__dict__)
+        other.lower, other.upper = self.lower[rows], self.upper[rows]
+        other.batch = other.lower.shape[0]
+        other._ibp_nodes = None if self._ibp_nodes is None else [(lo[rows], hi[rows]) for lo, hi in self._ibp_nodes]
+        other._crown = {
+            key: ([(lo[rows], hi[rows]) for lo, hi in nodes], {k: _select_relax(r, rows) for k, r in relax.items()})
+            for key, (nodes, relax) in self._crown.items()
+        }
+        return other
+
+    # -- work accounting
+
+    @functools.cached_property
+    def unit(self) -> int:
+        """Activations of one forward pass on one image: the meter's unit of work."""
+        return max(1, sum(int(shape.numel()) for shape in self.shapes[1:]))
+
+    def _charge(self, elements: int, where: str = "") -> None:
+        if self.meter is not None:
+            self.meter.charge(elements / self.unit, f"{self.phase}{where}")
 
     @property
     def layers(self) -> List[nn.Module]:
@@ -74,6 +105,8 @@ class _Propagator:
             for op in self.graph.ops[1:]:
                 nodes.append(_ibp_op(op, nodes, self.dtype))
             self._ibp_nodes = nodes  # type: ignore[assignment]
+            # Two bounds per activation: the work of two forward passes per box.
+            self._charge(2 * self.unit * self.batch, " (interval pass)")
         return self._ibp_nodes  # type: ignore[return-value]
 
     @property
@@ -140,7 +173,7 @@ class _Propagator:
                 state = _to_dense(state)
         fused = relax.get(("fused", value))
         # A max-pool with its ReLU folded in takes both ops at once.
-        skip = _settings._FUSE_RELU_POOL and fused is not None and source not in stops
+        skip = tunables.FUSE_RELU_POOL and fused is not None and source not in stops
         layer_relax = fused if skip else relax.get(value)
         if skip:
             source = self.graph.ops[source].inputs[0]
@@ -194,6 +227,7 @@ class _Propagator:
                     share = _add_states(pending[source], share)
                 pending[source] = share
                 peak = max(peak, _size(share))
+                self._charge(share.coef.numel(), f", backward through op {value} of {len(self.graph.ops) - 1}")
         value = concrete + total
         return value.expand(self.batch, specs), peak
 
@@ -207,7 +241,7 @@ class _Propagator:
         relax: Dict[object, object],
     ) -> List[Tensor]:
         """Run ``_lower`` on ``make(a, b)`` for consecutive unit ranges sized to the memory budget."""
-        budget = max(1, _settings._CHUNK_BYTES * 8 // torch.finfo(self.dtype).bits)
+        budget = max(1, tunables.CHUNK_BYTES * 8 // torch.finfo(self.dtype).bits)
         results: List[Tensor] = []
         start, step = 0, 1  # a one-unit probe measures the cost per unit
         while start < units:
@@ -236,8 +270,15 @@ class _Propagator:
     # -- CROWN intermediate bounds
 
     def crown_nodes(self, intermediate: str) -> Tuple[List[Bounds], Dict[object, object]]:
-        """Bounds of every value, refined by CROWN where that can help, and the relaxations."""
+        """Bounds of every value, refined by CROWN where that can help, and the relaxations (computed once)."""
+        if intermediate not in self._crown:
+            self._crown[intermediate] = self._crown_nodes(intermediate)
+        return self._crown[intermediate]
+
+    def _crown_nodes(self, intermediate: str) -> Tuple[List[Bounds], Dict[object, object]]:
         ops = self.graph.ops
+        # Over interval intermediate bounds the forward values are exactly the interval pass's.
+        ibp = self.ibp_nodes() if intermediate == "ibp" else None
         nodes: List[Optional[Bounds]] = [(self.lower, self.upper)]
         relax: Dict[object, object] = {}
         # Per value: mixing ops since the last nonlinear op on the longest
@@ -248,7 +289,7 @@ class _Propagator:
             if op.nonlinear:
                 layer, source = op.module, op.inputs[0]
                 lower, upper = nodes[source]
-                out = _ibp_step(layer, lower, upper, self.dtype)
+                out = ibp[value] if ibp is not None else _ibp_step(layer, lower, upper, self.dtype)
                 # Interval bounds are already exact after a single affine map
                 # of the input box; after a nonlinear op, elementwise steps
                 # cannot beat the intervals either. Only a mixing op after a
@@ -257,6 +298,7 @@ class _Propagator:
                 if intermediate == "crown" and gains and source not in refined:
                     estimate = _relaxation(layer, lower, upper, out[0].shape)
                     need = _needs_refinement(layer, estimate, lower, upper)
+                    self.phase = f"CROWN bounds of the input of op {value} of {len(ops) - 1}"
                     lower, upper = self._refine(source, lower, upper, need, nodes, relax)
                     nodes[source] = (lower, upper)
                     refined.add(source)
@@ -273,16 +315,18 @@ class _Propagator:
                 mixing.append(0)
                 seen_nonlinear.append(True)
             else:
-                out = _ibp_op(op, nodes, self.dtype)
+                out = ibp[value] if ibp is not None else _ibp_op(op, nodes, self.dtype)
                 mixing.append(max(mixing[i] for i in op.inputs) + _mixes(op))
                 seen_nonlinear.append(any(seen_nonlinear[i] for i in op.inputs))
             nodes.append(out)
+        if ibp is None:
+            self._charge(2 * self.unit * self.batch, " (interval pass)")
         return nodes, relax  # type: ignore[return-value]
 
     def _patchable_value(self, value: int) -> bool:
         """Whether a bound on ``value`` can start as patches (it is (C, H, W) and its op passes patches on)."""
         shape = self.shapes[value]
-        if not _settings._USE_PATCHES or len(shape) != 3:
+        if not tunables.USE_PATCHES or len(shape) != 3:
             return False
         op = self.graph.ops[value]
         if op.kind == "layer":
@@ -341,6 +385,7 @@ class _Propagator:
         if self.batch == 0:
             return A.new_zeros(0, A.shape[1])
         nodes, relax = self.crown_nodes(intermediate)
+        self.phase = "CROWN bounds of the output" + (" over interval bounds" if intermediate == "ibp" else "")
         value = self.spec_lower(A, len(self.graph.ops) - 1, frozenset([0]), nodes, relax)
         if intersect_ibp:
             # Plain interval bounds, and interval bounds restarted from the
@@ -349,3 +394,71 @@ class _Propagator:
             value = torch.maximum(value, self.tail_lower(self.ibp_nodes(), A))
             value = torch.maximum(value, self.tail_lower(nodes, A))
         return value
+
+    # -- alpha-CROWN
+
+    def alpha_lower(self, A: Tensor, start: Tensor, proven: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+        """alpha-CROWN (Xu et al. 2021): CROWN of the output with the lower ReLU slopes optimised by gradient.
+
+        Every slope in [0, 1] gives a sound lower line, so every step's bound
+        is sound and the best per spec is kept, starting from ``start`` (the
+        bound of the tier before, (N, S)). Slopes are free per box, spec and
+        neuron, as in auto_LiRPA's optimised bounds of the output; the
+        intermediate bounds are the CROWN tier's. ``proven(best)`` (N,) stops
+        the boxes it marks. The output pass runs densely with every ReLU
+        unfused, since each spec carries its own slopes.
+        """
+        best = start.clone()
+        if self.batch == 0 or A.shape[1] == 0:
+            return best
+        nodes, relax = self.crown_nodes("crown")
+        slopes: Dict[object, Tensor] = {}
+        plain: Dict[object, object] = {}
+        for key, r in relax.items():
+            if not isinstance(key, int):
+                continue  # fused ReLU + max-pool: the ReLU goes back on its own below
+            plain[key] = r
+            if isinstance(r, _ReluRelax):
+                lower, upper = nodes[self.graph.ops[key].inputs[0]]
+                unstable = (lower < 0) & (upper > 0)
+                if bool(unstable.any()):
+                    slopes[key] = r.lower_slope.unsqueeze(1).expand((-1, A.shape[1]) + tuple(r.lower_slope.shape[1:]))
+        if not slopes:
+            return best
+        masks = {key: ((nodes[self.graph.ops[key].inputs[0]][0] < 0) & (nodes[self.graph.ops[key].inputs[0]][1] > 0))
+                 for key in slopes}
+        params = {key: value.clone().requires_grad_(True) for key, value in slopes.items()}
+        optimizer = torch.optim.Adam(list(params.values()), lr=tunables.ALPHA_LR)
+        out, stops = len(self.graph.ops) - 1, frozenset([0])
+        self.phase = "alpha-CROWN bounds of the output"
+        for _ in range(tunables.ALPHA_STEPS):
+            if proven is not None and bool(proven(best).all()):
+                break
+            with torch.enable_grad():
+                current = dict(plain)
+                for key, alpha in params.items():
+                    r = plain[key]
+                    assert isinstance(r, _ReluRelax)
+                    lower_slope = torch.where(masks[key].unsqueeze(1), alpha.clamp(0, 1), r.lower_slope.unsqueeze(1))
+                    current[key] = _ReluRelax(lower_slope, r.upper_slope, r.upper_icpt)
+                value, _ = self._lower(_Dense(A), out, stops, nodes, current)
+                best = torch.maximum(best, value.detach())
+                optimizer.zero_grad(set_to_none=True)
+                (-value.sum()).backward(inputs=list(params.values()))
+            # The gradient pass costs about as much as the bound pass.
+            self._charge(sum(int(p.numel()) for p in params.values()), " (slope gradients)")
+            optimizer.step()
+            with torch.no_grad():
+                for alpha in params.values():
+                    alpha.clamp_(0, 1)
+        return best
+
+
+def _select_relax(relax: object, rows: Tensor) -> object:
+    """A relaxation restricted to the boxes ``rows``; every field is per box."""
+    if isinstance(relax, _ReluRelax):
+        return _ReluRelax(relax.lower_slope[rows], relax.upper_slope[rows], relax.upper_icpt[rows])
+    assert isinstance(relax, _PoolRelax)
+    pos = None if relax.pos_slope is None else relax.pos_slope[rows]
+    return _PoolRelax(relax.index[rows], relax.local[rows], pos, relax.neg_slope[rows], relax.neg_icpt[rows],
+                      relax.loose[rows])

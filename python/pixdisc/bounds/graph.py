@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -133,7 +134,35 @@ def _flatten_net(net: nn.Module) -> List[nn.Module]:
 
 
 def build_graph(net: nn.Module, sample_shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Graph:
-    """The graph of ``net`` for inputs of per-sample shape ``sample_shape``; refuses, by name, what it cannot bound."""
+    """The graph of ``net`` for inputs of per-sample shape ``sample_shape``; refuses, by name, what it cannot bound.
+
+    Traced once per model, input shape, dtype and device, then reused (a
+    trace of a ResNet-18 costs more than its interval bounds): the graph
+    holds the model's own modules, so new parameter values are seen; a model
+    whose modules, train/eval modes or hooks changed is traced again.
+    """
+    key = (tuple(sample_shape), dtype, str(device), _structure(net))
+    graphs = _TRACED.setdefault(net, {})
+    graph = graphs.get(key)
+    if graph is None:
+        graph = _build(net, sample_shape, dtype, device)
+        graphs.clear()  # one entry per model: an old structure is never asked for again
+        graphs[key] = graph
+    return graph
+
+
+# Traced graphs per model; weak, so a model that goes away takes its graph with it.
+_TRACED: "weakref.WeakKeyDictionary[nn.Module, Dict[Any, Graph]]" = weakref.WeakKeyDictionary()
+
+
+def _structure(net: nn.Module) -> Tuple[Any, ...]:
+    """What a trace depends on besides the input shape: which modules sit where, their modes and hooks."""
+    return tuple(
+        (name, id(m), m.training, len(m._forward_hooks) + len(m._forward_pre_hooks)) for name, m in net.named_modules()
+    )
+
+
+def _build(net: nn.Module, sample_shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Graph:
     _check_hooks(net)
     if _chain(net) is not None:
         layers = _flatten_net(net)

@@ -177,7 +177,9 @@ def _back_relu_dense(relax: _ReluRelax, coef: Tensor) -> Tuple[Tensor, Tensor]:
     # Lower bound of coef . relu(z): positive coefficients take the lower
     # line, negative ones the upper line.
     positive, negative = coef.clamp(min=0), coef.clamp(max=0)
-    out = positive * relax.lower_slope.unsqueeze(1)
+    # alpha-CROWN's slopes are per spec already (N, S, ...); CROWN's are per box.
+    lower_slope = relax.lower_slope if relax.lower_slope.dim() == coef.dim() else relax.lower_slope.unsqueeze(1)
+    out = positive * lower_slope
     out = out.addcmul_(negative, relax.upper_slope.unsqueeze(1))  # in place: one pass less
     term = (negative.flatten(2) @ relax.upper_icpt.flatten(1).unsqueeze(-1)).squeeze(-1)
     return out, term

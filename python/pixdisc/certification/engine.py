@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _native
+from ..bounds import TIERS, BudgetExhausted, Meter, escalate
 from ..candidates import candidate_sets
 from ..codebook import Codebook
 from ..realize import ball_ends, pixel_options
@@ -19,6 +20,9 @@ from .result import Budget, _Record
 
 # A margin bound must exceed this to count as a proof (absolute, in logits).
 _MARGIN_TOLERANCE = 1e-4
+# Tiers run on all of a chunk's images at once at the root; the rest run image by image, each on its own
+# budget (their cost differs from image to image by orders of magnitude).
+_BATCHED_TIERS = ("ibp", "crown-ibp")
 
 
 @dataclass
@@ -93,8 +97,10 @@ class _Engine:
         return samples
 
     # -- enumeration ----------------------------------------------------------------------------
-    def _enumerate(self, sample: _Sample, allowed: List[np.ndarray], deadline: float) -> Tuple[Optional[np.ndarray], bool]:
-        """Search the product of `allowed`; returns (failing z codes or None, finished)."""
+    def _enumerate(self, sample: _Sample, allowed: List[np.ndarray],
+                   meter: Optional[Meter] = None) -> Tuple[Optional[np.ndarray], bool]:
+        """Search the product of `allowed`; returns (failing z codes or None, finished); each image is a unit of
+        work."""
         sizes = np.array([len(a) for a in allowed], np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         members = (np.concatenate(allowed) if allowed else np.zeros(0)).astype(np.int32)
@@ -110,8 +116,11 @@ class _Engine:
                 z = sample.base_codes.copy()
                 z[sample.positions] = members[offsets[:-1] + digits]
                 return z, True
-            if time.monotonic() > deadline:
-                return None, False
+            if meter is not None:
+                try:
+                    meter.charge(count, "enumerating a leaf")
+                except BudgetExhausted:
+                    return None, False
         return None, True
 
     def _enumerator(self, base: np.ndarray, positions: np.ndarray, pixels: int, offsets: np.ndarray,
@@ -238,7 +247,7 @@ class _Engine:
             if on_record is not None:
                 on_record(record)
 
-        # Batched stages report their wall time shared evenly among the samples they decide.
+        # Batched stages charge each image an even share of their wall time and work.
         started = time.monotonic()
         # Everyone: is T(x) itself classified correctly?
         predictions = self._logits(np.stack([self._image(s, s.base_codes) for s in samples])).argmax(1).cpu().numpy()
@@ -251,26 +260,71 @@ class _Engine:
                 decide(i, _Record(s.index, "certified", 0.0, 0, 0, share, method="no ambiguous pixel"))
             else:
                 pending.append(i)
-        if self.mode == "bab" and pending:
-            started = time.monotonic()
-            proven = self._root_bounds([samples[i] for i in pending])
-            share = (time.monotonic() - started) / len(pending)
-            for i, ok in zip(list(pending), proven):
-                if ok:
-                    s = samples[i]
-                    decide(i, _Record(s.index, "certified", s.log2_size, len(s.positions), 1, share,
-                                      method="bounds"))
-            pending = [i for i in pending if records[i] is None]
-        for i in pending:
-            t0 = time.monotonic()
-            decide(i, self._paper(samples[i], t0) if self.mode == "paper" else self._branch_and_bound(samples[i], t0))
+        if self.mode == "paper":
+            for i in pending:
+                decide(i, self._paper(samples[i], time.monotonic()))
+            return [r for r in records if r is not None]
+        for start in range(0, len(pending), self.batch_size):
+            chunk = pending[start : start + self.batch_size]
+            for i, record in zip(chunk, self._certify_chunk([samples[i] for i in chunk], share)):
+                decide(i, record)
         return [r for r in records if r is not None]
+
+    def _meter(self, images: int, spent_work: float, spent_seconds: float, now: float) -> Meter:
+        """The budget left to ``images`` images that spent this much each (batched stages count all of them)."""
+        work = None if self.budget.work is None else images * (self.budget.work - spent_work)
+        deadline = None if self.budget.seconds is None else now + images * (self.budget.seconds - spent_seconds)
+        return Meter(work, deadline)
+
+    def _certify_chunk(self, chunk: List[_Sample], share: float) -> List[_Record]:
+        """Root bounds on the whole chunk with the cheap tiers, then every open image on its own budget."""
+        first_top = self._batched_top()
+        started = time.monotonic()
+        meter = self._meter(len(chunk), 0.0, share, started)
+        worst, escalation = self._margins([self._box(s, s.candidates) for s in chunk], [s.y for s in chunk],
+                                          meter, "ibp", first_top)
+        share += (time.monotonic() - started) / len(chunk)
+        work = meter.spent / len(chunk)
+        records = []
+        for k, s in enumerate(chunk):
+            if worst[k] > 0:
+                records.append(_Record(s.index, "certified", s.log2_size, len(s.positions), 1, share,
+                                       method="bounds", tier=escalation.tier[k]))
+            elif escalation.exhausted is not None:
+                records.append(self._unable(s, 0, time.monotonic() - share, f"root bounds {escalation.exhausted}",
+                                            tier=escalation.tier[k]))
+            else:
+                t0 = time.monotonic()
+                records.append(self._open_image(s, t0 - share, self._meter(1, work, share, t0)))
+        return records
+
+    def _batched_top(self) -> str:
+        """The tightest tier run on a whole chunk at once: the chosen tier, or crown-ibp when it is tighter."""
+        return self.bound if self.bound in _BATCHED_TIERS else _BATCHED_TIERS[-1]
+
+    def _unable(self, sample: _Sample, nodes: int, started: float, reason: str, tier: str = "") -> _Record:
+        return _Record(sample.index, "unable", sample.log2_size, len(sample.positions), nodes,
+                       time.monotonic() - started, reason=reason, tier=tier)
+
+    def _open_image(self, sample: _Sample, started: float, meter: Meter) -> _Record:
+        """An image the batched tiers left open: the tighter tiers at the root, then branch and bound."""
+        tier = self._batched_top()
+        if TIERS.index(self.bound) > TIERS.index(tier):
+            worst, escalation = self._margins([self._box(sample, sample.candidates)], [sample.y], meter,
+                                              TIERS[TIERS.index(tier) + 1], self.bound)
+            tier = escalation.tier[0]
+            if worst[0] > 0:
+                return _Record(sample.index, "certified", sample.log2_size, len(sample.positions), 1,
+                               time.monotonic() - started, method="bounds", tier=tier)
+            if escalation.exhausted is not None:
+                return self._exact_stage(sample, 0, started, meter, f"root bounds {escalation.exhausted}", tier)
+        return self._branch_and_bound(sample, started, meter, tier)
 
     def _paper(self, sample: _Sample, started: float) -> _Record:
         if sample.log2_size > self.b:
             return _Record(sample.index, "unable", sample.log2_size, len(sample.positions), 0,
                            time.monotonic() - started, reason=f"log2|S(x)| = {sample.log2_size:.1f} > b = {self.b:g}")
-        z, _ = self._enumerate(sample, sample.candidates, deadline=math.inf)
+        z, _ = self._enumerate(sample, sample.candidates)
         if z is not None:
             return self._failed(sample, z, 1, started)
         return _Record(sample.index, "certified", sample.log2_size, len(sample.positions), 1,
@@ -285,39 +339,18 @@ class _Engine:
             upper[:, sample.positions[j]] = values.max(axis=0)
         return lower, upper
 
-    def _margins(self, boxes: List[Tuple[np.ndarray, np.ndarray]], labels: List[int]) -> np.ndarray:
-        """Worst (over j != y) lower bound of logit_y - logit_j for each box."""
-        from ..bounds import margin_lower_bound
-
+    def _margins(self, boxes: List[Tuple[np.ndarray, np.ndarray]], labels: List[int], meter: Meter, first: str,
+                 top: str) -> Tuple[np.ndarray, Any]:
+        """Worst (over j != y) lower bound of logit_y - logit_j for each box, less the tolerance, by the tiers
+        from ``first`` to ``top`` (each only on the boxes the ones before left open), and the escalation."""
         lower = torch.from_numpy(np.stack([b[0] for b in boxes])).to(self.device).reshape(-1, *self.image_shape)
         upper = torch.from_numpy(np.stack([b[1] for b in boxes])).to(self.device).reshape(-1, *self.image_shape)
         y = torch.tensor(labels, device=self.device)
-
-        def worst(method: str, rows: Any = slice(None)) -> Tensor:
-            # float64 keeps the bound's own rounding negligible; the tolerance covers the
-            # float32 rounding of F itself, so a proof holds for the network as it runs.
-            margins = margin_lower_bound(self.net, lower[rows], upper[rows], y[rows], method=method,
-                                         dtype=torch.float64)
-            return margins.scatter(1, y[rows][:, None], float("inf")).min(dim=1).values - _MARGIN_TOLERANCE
-
-        with torch.no_grad():
-            result = worst("ibp")
-            if self.bound != "ibp":
-                # Interval bounds cost one forward pass; the tighter bound (intersected with them, so it
-                # proves whatever they prove) runs only on the boxes they leave open. Only the sign of a
-                # margin is used, so the decisions are those of the tighter bound on every box.
-                open_rows = result <= 0
-                if bool(open_rows.any()):
-                    result[open_rows] = worst(self.bound, open_rows)
-        return result.cpu().numpy()
-
-    def _root_bounds(self, samples: List[_Sample]) -> List[bool]:
-        proven: List[bool] = []
-        for start in range(0, len(samples), self.batch_size):
-            chunk = samples[start : start + self.batch_size]
-            worst = self._margins([self._box(s, s.candidates) for s in chunk], [s.y for s in chunk])
-            proven.extend(bool(w > 0) for w in worst)
-        return proven
+        # float64 keeps the bound's own rounding negligible; the tolerance covers the float32 rounding
+        # of F itself, so a proof holds for the network as it runs.
+        escalation = escalate(self.net, lower, upper, y, top, first=first, tolerance=_MARGIN_TOLERANCE,
+                              dtype=torch.float64, meter=meter)
+        return (escalation.worst(y) - _MARGIN_TOLERANCE).cpu().numpy(), escalation
 
     def _gradient(self, sample: _Sample, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
         """Gradient of the smallest margin at the box centre: guides splits and counterexamples."""
@@ -339,12 +372,12 @@ class _Engine:
             z[sample.positions[j]] = a[int(np.argmin(scores))]
         return z
 
-    def _branch_and_bound(self, sample: _Sample, started: float) -> _Record:
+    def _branch_and_bound(self, sample: _Sample, started: float, meter: Meter, tier: str) -> _Record:
         """Split, bound, enumerate small leaves. A misclassified z that no verified input realizes does not
         end the search: its node splits the offending pixel's codes into those pixdisc.realize verified and
         the rest, and branching goes on; a node down to unrealized codes alone is set aside with its reason,
-        and the sample is then "unable" (never "certified", never "failed")."""
-        deadline = started + self.budget.seconds
+        and the sample is then "unable" (never "certified", never "failed"). Every node's bounds,
+        gradient, guess and enumeration are charged to ``meter``, the image's budget."""
         stack: List[List[np.ndarray]] = [list(sample.candidates)]
         nodes = 0
         stuck = ""  # why a node could be neither proven nor refuted
@@ -360,49 +393,72 @@ class _Engine:
                     stuck, stuck_z = reason, z.astype(np.int32)
             return record
 
+        def out_of(what: str) -> _Record:
+            return self._exact_stage(sample, nodes, started, meter, f"branch and bound {what}"
+                                     + (f"; {stuck}" if stuck else ""), tier)
+
         while stack:
-            if nodes >= self.budget.nodes or time.monotonic() > deadline:
-                which = "nodes" if nodes >= self.budget.nodes else "seconds"
-                return self._exact_stage(sample, nodes, started, f"branch and bound ran out of {which}"
-                                         + (f"; {stuck}" if stuck else ""))
+            if nodes >= self.budget.nodes:
+                return out_of("ran out of nodes")
+            try:
+                meter.check("between nodes")
+            except BudgetExhausted as exhausted:
+                return out_of(str(exhausted))
             batch = [stack.pop() for _ in range(min(len(stack), max(1, self.batch_size // 4)))]
             nodes += len(batch)
             boxes = [self._box(sample, allowed) for allowed in batch]
-            worst = self._margins(boxes, [sample.y] * len(batch))
+            worst, escalation = self._margins(boxes, [sample.y] * len(batch), meter, "ibp", self.bound)
+            if escalation.exhausted is not None:
+                return out_of(f"{escalation.exhausted} of a node")
             for allowed, (lower, upper), margin in zip(batch, boxes, worst):
                 if margin > 0:
                     continue
                 grad = self._gradient(sample, lower, upper)
                 z = self._guess(sample, allowed, grad)
-                if int(self._logits(self._image(sample, z)[None]).argmax(1)[0]) != sample.y:
+                misclassified = int(self._logits(self._image(sample, z)[None]).argmax(1)[0]) != sample.y
+                try:
+                    meter.charge(4, "a node's gradient and guess")  # a backward pass, two forward
+                except BudgetExhausted as exhausted:
+                    return out_of(str(exhausted))
+                if misclassified:
                     record = misclassified_member(allowed, z)
                     if record is not None:
                         return record
                     continue
                 size = sum(math.log2(len(a)) for a in allowed)
                 if size <= self.budget.leaf_log2:
-                    z, finished = self._enumerate(sample, allowed, deadline)
+                    z, finished = self._enumerate(sample, allowed, meter)
                     if z is not None:
                         record = misclassified_member(allowed, z)
                         if record is not None:
                             return record
                         continue
                     if not finished:
-                        return self._exact_stage(sample, nodes, started, "branch and bound ran out of seconds"
-                                                 + (f"; {stuck}" if stuck else ""))
+                        try:
+                            meter.check("enumerating a leaf")
+                        except BudgetExhausted as exhausted:
+                            return out_of(str(exhausted))
                     continue
                 stack.extend(self._split(sample, allowed, lower, upper, grad))
         if stuck:
             return _Record(sample.index, "unable", sample.log2_size, len(sample.positions), nodes,
-                           time.monotonic() - started, z_codes=stuck_z, reason=stuck)
+                           time.monotonic() - started, z_codes=stuck_z, reason=stuck, tier=tier)
         return _Record(sample.index, "certified", sample.log2_size, len(sample.positions), nodes,
-                       time.monotonic() - started, method="branch-and-bound")
+                       time.monotonic() - started, method="branch-and-bound", tier=tier)
 
-    def _exact_stage(self, sample: _Sample, nodes: int, started: float, reason: str) -> _Record:
-        """Bounds and branching ran out: decide by a mixed-integer program when the budget allows, else unable."""
-        unable = _Record(sample.index, "unable", sample.log2_size, len(sample.positions), nodes,
-                         time.monotonic() - started, reason=reason)
+    def _exact_stage(self, sample: _Sample, nodes: int, started: float, meter: Meter, reason: str,
+                     tier: str = "") -> _Record:
+        """Bounds and branching ran out: decide by a mixed-integer program when the budget allows, else unable.
+
+        The program gets ``exact_seconds`` of HiGHS's time, capped by the seconds the image has left."""
+        unable = self._unable(sample, nodes, started, reason, tier)
+        seconds = self.budget.exact_seconds
+        if meter.deadline is not None:
+            seconds = min(seconds, meter.deadline - time.monotonic())
         if self.budget.exact_seconds <= 0:
+            return unable
+        if seconds <= 0:
+            unable.reason += "; no seconds left for the exact stage"
             return unable
         if self.code_channels != self.image_shape[0]:
             unable.reason += "; the exact stage needs a codebook with the images' channels"
@@ -411,7 +467,7 @@ class _Engine:
 
         try:
             outcome = decide_milp(self.net, self._image(sample, sample.base_codes), sample.positions,
-                                  sample.candidates, self._codes, sample.y, time_limit=self.budget.exact_seconds,
+                                  sample.candidates, self._codes, sample.y, time_limit=seconds,
                                   margin_tolerance=_MARGIN_TOLERANCE, base_codes=sample.base_codes,
                                   image_shape=self.image_shape)
         except NotImplementedError as error:  # a layer the program cannot encode
@@ -419,7 +475,7 @@ class _Engine:
             return unable
         if outcome.status == "certified":
             return _Record(sample.index, "certified", sample.log2_size, len(sample.positions), nodes,
-                           time.monotonic() - started, method=outcome.method)
+                           time.monotonic() - started, method=outcome.method, tier=tier)
         if outcome.status == "counterexample":
             return self._failed(sample, outcome.z_codes.astype(np.int32), nodes, started)
         unable.seconds = time.monotonic() - started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
@@ -12,19 +13,47 @@ from ..statistics import certified_fraction_bounds
 
 OUTCOMES = ("certified", "failed", "unable")
 MODES = ("bab", "paper")
-BOUNDS = ("crown", "ibp")
+# Bound tiers of bab mode, cheapest first (pixdisc.bounds.TIERS): each image escalates up to the chosen one.
+BOUNDS = ("ibp", "crown-ibp", "crown", "alpha-crown")
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Per-sample effort for ``mode="bab"``: branch-and-bound nodes and wall seconds."""
+    """Per-image effort for ``mode="bab"``; it covers all of an image's work, root bounds included.
+
+    ``nodes``: branch-and-bound nodes. ``seconds``: wall clock, or None for
+    none. ``work``: bound passes, enumeration and gradients counted in forward
+    passes of the network on one image (``pixdisc.bounds.meter``), or None for
+    no limit; it is counted from shapes, not from the clock, so a budget with
+    ``seconds=None`` gives the same outcomes on any machine load and worker
+    count (published numbers use one). At least one of ``seconds`` and
+    ``work`` must be set: nothing else stops a root bound on a large network.
+    Batched root tiers (IBP, CROWN-IBP on a whole chunk) charge every image of
+    the chunk an even share.
+    """
 
     nodes: int = 2000
-    seconds: float = 20.0
+    seconds: Optional[float] = 20.0
+    work: Optional[float] = None
     leaf_log2: float = 10.0  # enumerate nodes with log2|S| at most this (<= 1024 images)
-    # Exact final stage for samples the nodes/seconds leave open: a mixed-integer
-    # program over S(x) (pixdisc.exact, SciPy's HiGHS) with this many seconds; 0 = off.
+    # Exact final stage for samples the budget leaves open: a mixed-integer program over S(x)
+    # (pixdisc.exact, SciPy's HiGHS) with this many seconds of HiGHS's clock, capped by the image's
+    # seconds left; 0 = off. Wall-clock limited even under a work budget: leave it off for published numbers.
     exact_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.nodes, bool) or not isinstance(self.nodes, (int, np.integer)) or self.nodes < 0:
+            raise ValueError(f"Budget.nodes must be an integer >= 0 (0: root bounds only), got {self.nodes!r}")
+        for name in ("seconds", "work"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float, np.number)) and 0 < value < math.inf):
+                raise ValueError(f"Budget.{name} must be a positive number or None, got {value!r}")
+        if self.seconds is None and self.work is None:
+            raise ValueError("Budget needs seconds or work (or both): with neither, nothing stops the root bounds "
+                             "of a large network; for outcomes that do not depend on the clock give "
+                             "Budget(seconds=None, work=...)")
+        if not self.exact_seconds >= 0:
+            raise ValueError(f"Budget.exact_seconds must be >= 0, got {self.exact_seconds!r}")
 
 
 @dataclass
@@ -99,6 +128,8 @@ class _Record:
     # misclassified member of S(x) no verified input realizes (pixel and code). Plain text, so the
     # checkpoint line stays JSON; records written before it existed read back as "".
     reason: str = ""
+    # The last bound tier that ran on the image's root box ("" when none did: decided before bounds).
+    tier: str = ""
 
     def to_json(self) -> Dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k not in ("z_codes", "counterexample")}
