@@ -88,6 +88,10 @@ class _Propagator:
         """Activations of one forward pass on one image: the meter's unit of work."""
         return max(1, sum(int(shape.numel()) for shape in self.shapes[1:]))
 
+    def charge_interval_pass(self) -> None:
+        # Two bounds per activation: the work of two forward passes per box.
+        self._charge(2 * self.unit * self.batch, " (interval pass)")
+
     def _charge(self, elements: int, where: str = "") -> None:
         if self.meter is not None:
             self.meter.charge(elements / self.unit, f"{self.phase}{where}")
@@ -105,8 +109,7 @@ class _Propagator:
             for op in self.graph.ops[1:]:
                 nodes.append(_ibp_op(op, nodes, self.dtype))
             self._ibp_nodes = nodes  # type: ignore[assignment]
-            # Two bounds per activation: the work of two forward passes per box.
-            self._charge(2 * self.unit * self.batch, " (interval pass)")
+            self.charge_interval_pass()
         return self._ibp_nodes  # type: ignore[return-value]
 
     @property

@@ -76,7 +76,10 @@ def escalate(
     check_tier(top)
     check_tier(first)
     with torch.no_grad():
-        prop = _Propagator(net, lower, upper, dtype, meter)
+        # The interval pass runs first, unmetered, for the output shape; it is charged inside the try below.
+        prop = _Propagator(net, lower, upper, dtype)
+        prop.ibp_nodes()
+        prop.meter = meter
         y = torch.as_tensor(y, device=prop.lower.device)
         if y.shape != (prop.batch,):
             raise ValueError(f"y must have shape ({prop.batch},), got {tuple(y.shape)}")
@@ -103,6 +106,8 @@ def escalate(
                     for i in rows.tolist():
                         tiers[i] = name
                 sub = A[rows]
+                if level == 0:
+                    prop.charge_interval_pass()
                 if name == "ibp":
                     value = current.tail_lower(current.ibp_nodes(), sub)
                 elif name == "crown-ibp":

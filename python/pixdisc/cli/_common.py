@@ -61,6 +61,14 @@ nonnegative_float = _bounded(float, 0.0)
 probability = _bounded(float, 0.0, 1.0, open_low=True, open_high=True)
 
 
+def positive_float_or_none(text: str) -> Optional[float]:
+    """A positive number, or ``none`` (no limit)."""
+    return None if text.strip().lower() == "none" else positive_float(text)
+
+
+positive_float_or_none.__name__ = "float"
+
+
 # ---------------------------------------------------------------- one vocabulary for the same thing everywhere
 
 

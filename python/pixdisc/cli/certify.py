@@ -9,7 +9,11 @@ from typing import Optional
 
 from ._common import (CommandError, EXIT_OK, add_checkpoint_option, add_codebook_option, add_data_options,
                       add_model_argument, add_report_options, load_codebook_file, load_model_file, nonnegative_float,
-                      positive_float, positive_int, probability, unit_float)
+                      positive_float_or_none, positive_int, probability, unit_float)
+
+
+# pixdisc.certification.BOUNDS, spelled out so that `--help` does not import torch (a test checks they agree).
+BOUND_TIERS = ("ibp", "crown-ibp", "crown", "alpha-crown")
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
@@ -36,12 +40,16 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
         client = Client(args.scheduler)
         executor = client
+    try:
+        budget = Budget(nodes=args.budget_nodes, seconds=args.budget_seconds, work=args.budget_work,
+                        exact_seconds=args.exact_seconds)
+    except ValueError as error:
+        raise CommandError(f"{error} (--budget-seconds none needs --budget-work)") from None
     rows = []
     try:
         for eps in args.eps:
             result = certify(net, codebook, x, labels, eps, mode=args.mode, b=args.b, bound=args.bound,
-                             budget=Budget(nodes=args.budget_nodes, seconds=args.budget_seconds,
-                                           exact_seconds=args.exact_seconds),
+                             budget=budget,
                              executor=executor, workers=args.workers, delta=args.delta,
                              checkpoint=_checkpoint_for(args.checkpoint, eps, len(args.eps)),
                              progress=not (args.quiet or args.json), device="cuda" if args.cuda else "cpu")
@@ -80,11 +88,17 @@ def add_certify(sub: argparse._SubParsersAction) -> None:
                    help="bab: bounds and branch and bound (default); paper: enumerate S(x) up to 2^b members")
     p.add_argument("--b", type=nonnegative_float, default=30,
                    help="paper mode: unable when log2|S(x)| > b (default 30)")
-    p.add_argument("--bound", choices=("crown", "ibp"), default="crown", help="bound of bab mode (default: crown)")
+    p.add_argument("--bound", choices=BOUND_TIERS, default="crown",
+                   help="bab mode: the tightest bound tier; each image escalates ibp -> crown-ibp -> crown -> "
+                        "alpha-crown up to it while its budget lasts (default: crown)")
     p.add_argument("--budget-nodes", type=positive_int, default=2000,
                    help="bab mode: branch-and-bound nodes per image (default 2000)")
-    p.add_argument("--budget-seconds", type=positive_float, default=20.0,
-                   help="bab mode: seconds per image (default 20)")
+    p.add_argument("--budget-seconds", type=positive_float_or_none, default=20.0,
+                   help="bab mode: wall seconds per image, root bounds included, or 'none' (default 20)")
+    p.add_argument("--budget-work", type=positive_float_or_none, default=None,
+                   help="bab mode: work per image in forward passes of the network (bound passes, enumeration), "
+                        "counted from shapes, not the clock: with --budget-seconds none the outcomes do not depend "
+                        "on machine load or workers (default: none)")
     p.add_argument("--exact-seconds", type=nonnegative_float, default=0.0,
                    help="then decide what is left by a mixed-integer program over S(x) (HiGHS) with this many "
                         "seconds per image (default 0: off)")
