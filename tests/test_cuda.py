@@ -201,3 +201,36 @@ def test_cuda_neighbourhood_sizes_match_cpu(torch):
         np.testing.assert_array_equal(sizes, expect_sizes)
     with pytest.raises(ValueError, match="8-bit"):
         analysis.neighbourhood_sizes(torch.rand(100, 3, device="cuda"), 4 / 255, channel_axis=-1)
+
+
+@pytest.mark.parametrize("tier", ["ibp", "crown-ibp", "crown", "alpha-crown"])
+def test_cuda_bound_tiers_match_cpu(torch, tier):
+    """Every tier runs on the model's device and gives the CPU's bounds (float64, up to summation order)."""
+    from pixdisc.bounds import margin_lower_bound
+    from pixdisc.models import cifar_resnet
+
+    torch.manual_seed(0)
+    net = cifar_resnet(in_channels=3, depth=10, width=4).double().eval()
+    lower = torch.rand(3, 3, 16, 16, dtype=torch.float64)
+    upper = lower + 0.01
+    y = torch.tensor([0, 1, 2])
+    cpu = margin_lower_bound(net, lower, upper, y, method=tier).detach()
+    gpu = margin_lower_bound(net.cuda(), lower.cuda(), upper.cuda(), y.cuda(), method=tier).detach()
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-7, atol=1e-7)
+
+
+def test_cuda_certify_matches_cpu_under_a_work_budget(torch):
+    from pixdisc.certification import Budget, certify
+    from pixdisc.models import cifar_resnet
+
+    torch.manual_seed(0)
+    net = cifar_resnet(in_channels=3, depth=10, width=4).eval()
+    x = np.random.default_rng(0).random((6, 3, 8, 8)).astype(np.float32)
+    book = pixdisc.Codebook(np.array([[0, 0, 0], [1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32))
+    with torch.no_grad():
+        y = net(torch.from_numpy(np.asarray(book.transform(x, channel_axis=1)))).argmax(1).numpy()
+    budget = Budget(nodes=30, seconds=None, work=3000)
+    cpu = certify(net, book, x, y, 0.02, budget=budget, executor="serial", progress=False)
+    gpu = certify(net, book, x, y, 0.02, budget=budget, executor="serial", progress=False, device="cuda")
+    np.testing.assert_array_equal(cpu.outcome, gpu.outcome)

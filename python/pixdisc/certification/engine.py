@@ -287,15 +287,20 @@ class _Engine:
         work = meter.spent / len(chunk)
         records = []
         for k, s in enumerate(chunk):
+            spent = 0.0
             if worst[k] > 0:
-                records.append(_Record(s.index, "certified", s.log2_size, len(s.positions), 1, share,
-                                       method="bounds", tier=escalation.tier[k]))
+                record = _Record(s.index, "certified", s.log2_size, len(s.positions), 1, share, method="bounds",
+                                 tier=escalation.tier[k])
             elif escalation.exhausted is not None:
-                records.append(self._unable(s, 0, time.monotonic() - share, f"root bounds {escalation.exhausted}",
-                                            tier=escalation.tier[k]))
+                record = self._unable(s, 0, time.monotonic() - share, f"root bounds {escalation.exhausted}",
+                                      tier=escalation.tier[k])
             else:
                 t0 = time.monotonic()
-                records.append(self._open_image(s, t0 - share, self._meter(1, work, share, t0)))
+                own = self._meter(1, work, share, t0)
+                record = self._open_image(s, t0 - share, own)
+                spent = own.spent
+            record.work = work + spent
+            records.append(record)
         return records
 
     def _batched_top(self) -> str:

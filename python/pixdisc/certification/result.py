@@ -84,6 +84,8 @@ class CertifyResult:
     wall_seconds: float = 0.0
     method: Optional[np.ndarray] = None  # per sample: what decided it ("" when unable)
     reason: Optional[np.ndarray] = None  # per sample: why it is unable ("" otherwise)
+    tier: Optional[np.ndarray] = None  # per sample: the last bound tier its root box needed ("" if none ran)
+    work: Optional[np.ndarray] = None  # per sample: work spent, in forward passes of the network (Budget.work)
 
     def __len__(self) -> int:
         return len(self.outcome)
@@ -105,6 +107,9 @@ class CertifyResult:
         if self.method is not None:
             decided = [str(method) for method in self.method if method]
             out["decided_by"] = {name: decided.count(name) for name in sorted(set(decided))}
+        if self.tier is not None:
+            reached = [str(tier) for tier in self.tier if tier]
+            out["root_tier"] = {name: reached.count(name) for name in sorted(set(reached))}
         return out
 
 
@@ -130,6 +135,7 @@ class _Record:
     reason: str = ""
     # The last bound tier that ran on the image's root box ("" when none did: decided before bounds).
     tier: str = ""
+    work: float = 0.0  # bound passes, enumeration and gradients, in forward passes (Budget.work's unit)
 
     def to_json(self) -> Dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k not in ("z_codes", "counterexample")}

@@ -336,6 +336,8 @@ def _result(records: Dict[int, _Record], x: np.ndarray, config: Dict[str, Any], 
         wall_seconds=time.monotonic() - started,
         method=np.array([r.method for r in ordered], dtype=object),
         reason=np.array([r.reason for r in ordered], dtype=object),
+        tier=np.array([r.tier for r in ordered], dtype=object),
+        work=np.array([r.work for r in ordered]),
     )
 
 
