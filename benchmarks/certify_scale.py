@@ -3,6 +3,7 @@
     python benchmarks/certify_scale.py                        # every network; models are trained first (cached)
     python benchmarks/certify_scale.py --only resnet18        # one network (the others' rows are kept)
     python benchmarks/certify_scale.py --render-only          # OUT.md from OUT.json
+    python benchmarks/certify_scale.py --train-only           # train the cached models only (untimed)
     python benchmarks/certify_scale.py --only mlp --quick     # a smoke test: few images, written under MODELS
 
 Six networks, each trained briefly by plain natural training (`pixdisc.train.train_model`, Adam 1e-3, batch
@@ -339,6 +340,19 @@ def _milp_row(net, data: Dict[str, Any], n: int) -> Dict[str, Any]:
             "with_exact": on, "without_exact": off}
 
 
+def train_all(models: Path, only: Optional[str], threads: Optional[int]) -> None:
+    """Train (or resume) every network's cached model and nothing else: run it ahead of the timed steps."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    data = Data()
+    for name, spec in NETS.items():
+        if not only or name == only:
+            torch.manual_seed(0)
+            train_or_load(name, spec, models, data(spec["data"]))
+
+
 def run(models: Path, out: Path, only: Optional[str], quick: bool, threads: Optional[int]) -> Dict[str, Any]:
     # Imported here so that rendering (benchmarks/readme_tables.py) needs the JSON only.
     import torch
@@ -523,7 +537,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few images per step (a smoke test)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train the cached models and stop (untimed; run it ahead of the benchmark)")
     args = parser.parse_args()
+    if args.train_only:
+        train_all(args.models, args.only, args.threads)
+        return
     out = args.out or (args.models / "quick" if args.quick else Path("benchmarks/certify_scale"))
     data = (json.loads(out.with_suffix(".json").read_text()) if args.render_only
             else run(args.models, out, args.only, args.quick, args.threads))

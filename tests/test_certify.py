@@ -566,3 +566,31 @@ def test_engine_margins_escalate_only_what_cheaper_tiers_leave_open(monkeypatch)
     assert calls == [("ibp", ibp_open), ("crown", crown_ibp_open)]
     assert escalation.tier == ["ibp" if full["ibp"][i] > 0 else "crown-ibp" if full["crown-ibp"][i] > 0 else "crown"
                                for i in range(60)]
+
+
+def test_search_failures_are_checked_and_the_search_can_be_turned_off():
+    """The S(x) search decides "failed" only with an input that T and F, run again, misclassify."""
+    from pixdisc.certification.engine import _Engine
+
+    rng = np.random.default_rng(5)
+    codes = np.array([[0.0], [0.5], [1.0]], np.float32)
+    book = pixdisc.Codebook(codes)
+    x = rng.random((30, 1, 2, 2)).astype(np.float32)
+    net = tiny_net(4, classes=2, seed=3)
+    with torch.no_grad():
+        y = net(torch.from_numpy(book.transform(x, channel_axis=1))).argmax(1).numpy()
+    budget = Budget(nodes=10_000, seconds=None, work=10_000, leaf_log2=0)
+    with_search = certify(net, book, x, y, 0.2, budget=budget, executor="serial", progress=False)
+    without = certify(net, book, x, y, 0.2, budget=Budget(nodes=10_000, seconds=None, work=10_000, leaf_log2=0,
+                                                          search=None), executor="serial", progress=False)
+    # The search decides some failures first; it never changes what is certified.
+    assert "s(x) search" in set(with_search.method) and "s(x) search" not in set(without.method)
+    np.testing.assert_array_equal(with_search.outcome == "certified", without.outcome == "certified")
+    engine = _Engine(net, book, 0.2, "bab", 64.0, "crown", "auto", budget, 64, (1, 2, 2), "cpu")
+    samples = engine.prepare(x, y, np.arange(len(x)))
+    i = int(np.flatnonzero(with_search.method == "s(x) search")[0])
+    x_adv = with_search.counterexample[i]
+    assert engine._checked_failure(samples[i], x_adv).outcome == "failed"
+    assert engine._checked_failure(samples[i], x[i]) is None  # T(x) is classified correctly
+    outside = np.clip(x_adv + np.float32(0.3) * np.sign(x_adv - x[i] + 1e-3), 0, 1).astype(np.float32)
+    assert engine._checked_failure(samples[i], outside) is None  # more than eps away

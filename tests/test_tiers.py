@@ -22,6 +22,7 @@ from pixdisc import bounds
 from pixdisc.bounds import TIERS, Meter, escalate, margin_lower_bound
 from pixdisc.certification import Budget, certify
 from pixdisc.models import cifar_resnet
+from pixdisc.sx_attack import SearchBudget
 from test_bounds_graph import DT, GRAPHS, TOL, _box, _finish, _samples
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -221,16 +222,22 @@ def test_a_slow_layer_cannot_keep_an_image_past_its_seconds(monkeypatch):
     assert all("ran out of seconds" in r for r in unable), unable
 
 
-def test_work_budget_gives_the_same_outcomes_every_time():
+@pytest.mark.parametrize("search", [SearchBudget(), None], ids=["with-search", "no-search"])
+def test_work_budget_gives_the_same_outcomes_every_time(search):
     net, book, x, y = _digits_task()
-    budget = Budget(nodes=200, seconds=None, work=3000)
+    budget = Budget(nodes=200, seconds=None, work=3000, search=search)
     runs = [certify(net, book, x, y, 0.1, bound=bound, budget=budget, executor="serial", progress=False)
             for bound in ("crown", "crown", "alpha-crown")]
     np.testing.assert_array_equal(runs[0].outcome, runs[1].outcome)
     np.testing.assert_array_equal(runs[0].nodes, runs[1].nodes)
+    np.testing.assert_array_equal(runs[0].work, runs[1].work)
     assert list(runs[0].reason) == list(runs[1].reason)
     counts = runs[0].counts()
-    assert counts["unable"] > 0 and counts["certified"] > 0  # the budget binds and bounds prove some
+    assert counts["certified"] > 0 and counts["failed"] > 0
+    if search is None:
+        assert counts["unable"] > 0  # without the search the budget binds on this net
+    else:
+        assert "s(x) search" in set(runs[0].method)
     # A tighter top tier never certifies less under the same budget of work... per image it may spend it
     # differently, so compare what the bounds alone decided.
     assert {"bounds"} <= set(runs[0].method)

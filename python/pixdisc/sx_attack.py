@@ -33,9 +33,10 @@ from torch import Tensor, nn
 
 from .attacks import AttackResult, cw_margin_loss, result_from_inputs
 from .attacks.base import _as_images, _as_labels, _check_logits, _generator
+from .bounds.meter import BudgetExhausted, Meter
 from .realize import pixel_options, within_eps
 
-__all__ = ["SearchBudget", "sx_attack", "split_defended"]
+__all__ = ["SearchBudget", "search_members", "sx_attack", "split_defended"]
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,12 @@ def split_defended(model: nn.Module) -> tuple[Any, nn.Module]:
 class _Problem:
     """Padded per-pixel options of a batch and the classifier on discrete images."""
 
-    def __init__(self, net: nn.Module, discretize: Any, x: Tensor, y: Tensor, eps: float, chunk: int) -> None:
-        self.net, self.y, self.chunk = net, y, chunk
+    def __init__(self, net: nn.Module, codebook: Any, x: Tensor, y: Tensor, eps: float, chunk: int,
+                 meter: Meter | None = None) -> None:
+        self.net, self.y, self.chunk, self.meter = net, y, chunk, meter
         self.device = x.device
         n, channels = x.shape[0], x.shape[1]
         self.image_shape = tuple(x.shape[1:])
-        codebook = discretize.codebook
         options = pixel_options(x.detach().cpu().numpy(), codebook, eps)
         self.dropped = options.dropped
         pixels = options.pixels
@@ -138,19 +139,25 @@ class _Problem:
         with torch.no_grad():
             for start in range(0, len(rows), self.chunk):
                 part = slice(start, start + self.chunk)
+                self.spend(len(rows[part]), "evaluating members")
                 logits = self.net(self.images(rows[part], choice[part]))
                 out.append(_margin(logits, self.y[rows[part]]))
-        self.forwards += len(rows)
         return torch.cat(out) if out else torch.zeros(0, device=self.device)
 
     def margin_and_gradient(self, rows: Tensor, choice: Tensor) -> tuple[Tensor, Tensor]:
         """Margins and their gradient w.r.t. the ambiguous pixels, (R,) and (R, A, C)."""
+        self.spend(3 * len(rows), "a gradient")  # a backward pass costs about two forward passes
         with torch.enable_grad():
             values = self.chosen_values(rows, choice).detach().requires_grad_(True)
             margin = _margin(self.net(self._scatter(rows, values)), self.y[rows])
             (gradient,) = torch.autograd.grad(margin.sum(), values)
-        self.forwards += 3 * len(rows)  # a backward pass costs about two forward passes
         return margin.detach(), gradient
+
+    def spend(self, forwards: int, where: str) -> None:
+        """Count forward passes before running them; the meter (if any) stops the search before it overruns."""
+        if self.meter is not None:
+            self.meter.charge(forwards, f"the S(x) search ({where})")
+        self.forwards += forwards
 
 
 def _margin(logits: Tensor, y: Tensor) -> Tensor:
@@ -222,6 +229,7 @@ def _relaxed_start(problem: _Problem, best: _Best, rows: Tensor, steps: int, res
     rounded = torch.zeros(mask.shape[:2], dtype=torch.int64, device=problem.device)
     round_every = max(1, steps // 6)
     for step in range(steps):
+        problem.spend(3 * len(rows), "a relaxed step")
         with torch.enable_grad():
             weights = torch.softmax(logits.masked_fill(~mask, -math.inf), dim=2)
             soft = (weights[..., None] * values).sum(dim=2)
@@ -229,7 +237,6 @@ def _relaxed_start(problem: _Problem, best: _Best, rows: Tensor, steps: int, res
             optimiser.zero_grad()
             (-margin.sum()).backward()
         optimiser.step()
-        problem.forwards += 3 * len(rows)
         if (step + 1) % round_every == 0 or step + 1 == steps:
             rounded = logits.detach().masked_fill(~mask, -math.inf).argmax(dim=2)
             best.offer(rows, rounded, problem.margins(rows, rounded))
@@ -369,13 +376,46 @@ def sx_attack(
         with torch.no_grad():
             clean_logits = model(images)
         _check_logits(clean_logits, labels)
-        problem = _Problem(net, discretize, images, labels, float(eps), budget.chunk)
-        n = images.shape[0]
+        x_adv, _, problem = _search(net, discretize.codebook, images, labels, float(eps), budget, generator)
+        with torch.no_grad():
+            adv_logits = model(x_adv)
+    finally:
+        model.train(was_training)
+    _check_within(x_adv, images, eps)
+    confirmed = adv_logits.argmax(dim=1) != labels
+    params = {"attack": "sx", "eps": float(eps), "seed": None if seed is None else int(seed), **asdict(budget),
+              "forward_passes": int(problem.forwards), "unrealized_codes": int(problem.dropped),
+              "search_found_but_not_confirmed": int((problem.found & ~confirmed).sum())}
+    return result_from_inputs(images, labels, x_adv, clean_logits, adv_logits, params)
+
+
+def search_members(net: nn.Module, codebook: Any, x: Tensor, y: Tensor, eps: float, budget: SearchBudget,
+                   seed: int, meter: Meter | None = None) -> tuple[Tensor, Tensor, int]:
+    """The S(x) search on the bare classifier ``net`` (certify's counterexample stage).
+
+    Returns (x_adv, found, forward passes): per sample a real input within eps
+    realizing the best member found, and whether the search saw that member
+    misclassified (the caller checks x_adv through T and F before trusting
+    it). ``meter`` is charged every forward pass before it runs; when it runs
+    out the search stops and returns what it has found so far.
+    """
+    net.eval()
+    x_adv, _, problem = _search(net, codebook, x, y, eps, budget, _generator(seed), meter)
+    return x_adv, problem.found, problem.forwards
+
+
+def _search(net: nn.Module, codebook: Any, images: Tensor, labels: Tensor, eps: float, budget: SearchBudget,
+            generator: torch.Generator | None, meter: Meter | None = None) -> tuple[Tensor, _Best, _Problem]:
+    """The search stages of the module docstring; a meter that runs out ends them early."""
+    problem = _Problem(net, codebook, images, labels, eps, budget.chunk, meter)
+    n = images.shape[0]
+    device = images.device
+    everyone = torch.arange(n, device=device)
+    best = None
+    try:
         best = _Best(problem, n)
-        everyone = torch.arange(n, device=device)
         small = problem.log2_size <= budget.enumerate_log2
-        small_rows = everyone[small.to(device) & ~best.broken]
-        _enumerate(problem, best, small_rows)
+        _enumerate(problem, best, everyone[small.to(device) & ~best.broken])
         searched = everyone[~small.to(device)]
         # Every single change of T(x) first: the members next to T(x), where no gradient need point.
         rows = searched[~best.broken[searched]]
@@ -393,17 +433,15 @@ def sx_attack(
             start = best.choice[rows] if restart == 0 else rounded
             choice, margin = _tabu_flips(problem, best, rows, start, budget.flip_steps, budget.tabu_tenure)
             _local_search(problem, best, rows, choice, margin, budget.local_steps)
-        x_adv = _realize(problem, images, best.choice)
-        with torch.no_grad():
-            adv_logits = model(x_adv)
-    finally:
-        model.train(was_training)
-    _check_within(x_adv, images, eps)
-    confirmed = adv_logits.argmax(dim=1) != labels
-    params = {"attack": "sx", "eps": float(eps), "seed": None if seed is None else int(seed), **asdict(budget),
-              "forward_passes": int(problem.forwards), "unrealized_codes": int(problem.dropped),
-              "search_found_but_not_confirmed": int((best.broken & ~confirmed).sum())}
-    return result_from_inputs(images, labels, x_adv, clean_logits, adv_logits, params)
+    except BudgetExhausted:
+        pass  # the meter ran out: what was found so far stands
+    if best is None:  # out of budget before T(x) itself was evaluated
+        choice = torch.zeros(n, problem.positions.shape[1], dtype=torch.int64, device=device)
+        problem.found = torch.zeros(n, dtype=torch.bool, device=device)
+    else:
+        choice = best.choice
+        problem.found = best.broken.clone()
+    return _realize(problem, images, choice), best, problem
 
 
 def _realize(problem: _Problem, x: Tensor, choice: Tensor) -> Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -15,7 +15,7 @@ from .. import _native
 from ..bounds import TIERS, BudgetExhausted, Meter, escalate
 from ..candidates import candidate_sets
 from ..codebook import Codebook
-from ..realize import ball_ends, pixel_options
+from ..realize import ball_ends, pixel_options, within_eps
 from .result import Budget, _Record
 
 # A margin bound must exceed this to count as a proof (absolute, in logits).
@@ -23,6 +23,12 @@ _MARGIN_TOLERANCE = 1e-4
 # Tiers run on all of a chunk's images at once at the root; the rest run image by image, each on its own
 # budget (their cost differs from image to image by orders of magnitude).
 _BATCHED_TIERS = ("ibp", "crown-ibp")
+# The S(x) search on the images the batched tiers leave open may spend at most this share of each one's
+# budget (work and seconds); it runs on groups of this many images (one group's forward pass is the most it
+# can overrun a deadline by). Its seed is fixed, so outcomes repeat.
+_SEARCH_SHARE = 0.25
+_SEARCH_GROUP = 16
+_SEARCH_SEED = 0
 
 
 @dataclass
@@ -270,14 +276,18 @@ class _Engine:
                 decide(i, record)
         return [r for r in records if r is not None]
 
-    def _meter(self, images: int, spent_work: float, spent_seconds: float, now: float) -> Meter:
-        """The budget left to ``images`` images that spent this much each (batched stages count all of them)."""
-        work = None if self.budget.work is None else images * (self.budget.work - spent_work)
-        deadline = None if self.budget.seconds is None else now + images * (self.budget.seconds - spent_seconds)
+    def _meter(self, images: int, spent_work: float, spent_seconds: float, now: float,
+               share: float = 1.0) -> Meter:
+        """``share`` of the budget left to ``images`` images that spent this much each (batched stages count
+        all of them)."""
+        work = None if self.budget.work is None else images * share * (self.budget.work - spent_work)
+        deadline = (None if self.budget.seconds is None
+                    else now + images * share * (self.budget.seconds - spent_seconds))
         return Meter(work, deadline)
 
     def _certify_chunk(self, chunk: List[_Sample], share: float) -> List[_Record]:
-        """Root bounds on the whole chunk with the cheap tiers, then every open image on its own budget."""
+        """Root bounds on the whole chunk with the cheap tiers, the S(x) search on the images they leave open,
+        then every image still open on its own budget."""
         first_top = self._batched_top()
         started = time.monotonic()
         meter = self._meter(len(chunk), 0.0, share, started)
@@ -285,6 +295,8 @@ class _Engine:
                                           meter, "ibp", first_top)
         share += (time.monotonic() - started) / len(chunk)
         work = meter.spent / len(chunk)
+        open_ = [k for k in range(len(chunk)) if worst[k] <= 0 and escalation.exhausted is None]
+        searched = self._search([chunk[k] for k in open_], work, share)
         records = []
         for k, s in enumerate(chunk):
             spent = 0.0
@@ -295,13 +307,60 @@ class _Engine:
                 record = self._unable(s, 0, time.monotonic() - share, f"root bounds {escalation.exhausted}",
                                       tier=escalation.tier[k])
             else:
-                t0 = time.monotonic()
-                own = self._meter(1, work, share, t0)
-                record = self._open_image(s, t0 - share, own)
-                spent = own.spent
+                failure, search_work, search_seconds = searched[open_.index(k)]
+                spent = search_work
+                if failure is not None:
+                    record = failure
+                    record.seconds = share + search_seconds
+                    record.tier = escalation.tier[k]
+                else:
+                    t0 = time.monotonic()
+                    own = self._meter(1, work + search_work, share + search_seconds, t0)
+                    record = self._open_image(s, t0 - share - search_seconds, own)
+                    spent += own.spent
             record.work = work + spent
             records.append(record)
         return records
+
+    def _search(self, samples: List[_Sample], work: float, seconds: float
+                ) -> List[Tuple[Optional[_Record], float, float]]:
+        """The S(x) search (pixdisc.sx_attack) on ``samples``, which spent ``work`` and ``seconds`` each:
+        per sample (a failed record with a checked counterexample or None, its work, its seconds)."""
+        search = self.budget.search
+        if search is None or not samples:
+            return [(None, 0.0, 0.0)] * len(samples)
+        from ..sx_attack import search_members
+
+        # No bigger forward batches than the engine's own: one batch is what the search can overrun a deadline by.
+        search = replace(search, chunk=min(search.chunk, self.batch_size))
+        out: List[Tuple[Optional[_Record], float, float]] = []
+        for g in range(0, len(samples), _SEARCH_GROUP):
+            group = samples[g : g + _SEARCH_GROUP]
+            started = time.monotonic()
+            meter = self._meter(len(group), work, seconds, started, share=_SEARCH_SHARE)
+            x = torch.from_numpy(np.stack([s.x.reshape(self.image_shape) for s in group])).to(self.device)
+            y = torch.tensor([s.y for s in group], device=self.device)
+            x_adv, found, forwards = search_members(self.net, self.codebook, x, y, self.eps, search, _SEARCH_SEED,
+                                                    meter)
+            x_adv, found = x_adv.cpu().numpy(), found.cpu().numpy()
+            each = (time.monotonic() - started) / len(group)
+            for s, candidate, hit in zip(group, x_adv, found):
+                failure = self._checked_failure(s, candidate) if hit else None
+                out.append((failure, forwards / len(group), each))
+        return out
+
+    def _checked_failure(self, sample: _Sample, x_adv: np.ndarray) -> Optional[_Record]:
+        """A "failed" record for ``x_adv`` if it is a real input within eps of x that the defended model
+        misclassifies (T and F run on it here, whatever found it), else None."""
+        x = sample.x.reshape(self.image_shape)
+        if not (within_eps(x_adv, x, self.eps).all() and x_adv.min(initial=0) >= 0 and x_adv.max(initial=0) <= 1):
+            return None
+        discretized = np.asarray(self.codebook.transform(x_adv[None], channel_axis=1))
+        if int(self._logits(discretized).argmax(1)[0]) == sample.y:
+            return None
+        z = np.asarray(self.codebook.assign(x_adv.reshape(sample.x.shape)[None], channel_axis=1)).reshape(-1)
+        return _Record(sample.index, "failed", sample.log2_size, len(sample.positions), 0, 0.0, True,
+                       z.astype(np.int32), x_adv.astype(np.float32), "s(x) search")
 
     def _batched_top(self) -> str:
         """The tightest tier run on a whole chunk at once: the chosen tier, or crown-ibp when it is tighter."""

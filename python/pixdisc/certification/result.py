@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from ..statistics import certified_fraction_bounds
+from ..sx_attack import SearchBudget
 
 OUTCOMES = ("certified", "failed", "unable")
 MODES = ("bab", "paper")
@@ -40,6 +41,10 @@ class Budget:
     # (pixdisc.exact, SciPy's HiGHS) with this many seconds of HiGHS's clock, capped by the image's
     # seconds left; 0 = off. Wall-clock limited even under a work budget: leave it off for published numbers.
     exact_seconds: float = 0.0
+    # The S(x) search (pixdisc.sx_attack, fixed seed) on the images the batched root bounds leave open,
+    # before their own bounds and branching: a misclassified member it finds, checked through T and F on a
+    # real input, decides "failed" at once. It may spend a quarter of the image's budget; None: off.
+    search: Optional[SearchBudget] = SearchBudget()
 
     def __post_init__(self) -> None:
         if isinstance(self.nodes, bool) or not isinstance(self.nodes, (int, np.integer)) or self.nodes < 0:
@@ -52,6 +57,8 @@ class Budget:
             raise ValueError("Budget needs seconds or work (or both): with neither, nothing stops the root bounds "
                              "of a large network; for outcomes that do not depend on the clock give "
                              "Budget(seconds=None, work=...)")
+        if self.search is not None and not isinstance(self.search, SearchBudget):
+            raise ValueError(f"Budget.search must be a pixdisc.sx_attack.SearchBudget or None, got {self.search!r}")
         if not self.exact_seconds >= 0:
             raise ValueError(f"Budget.exact_seconds must be >= 0, got {self.exact_seconds!r}")
 
