@@ -6,11 +6,13 @@ proves robustness. Two modes:
 
 - ``paper``: enumerate S(x) when ``log2|S(x)| <= b`` (early exit at the
   first misclassified z), otherwise ``unable`` — the 2019 paper exactly.
-- ``bab`` (default): bound F's margin over the box hull of S(x) (IBP or
-  CROWN); where that does not prove it, branch on the ambiguous pixels (split
-  a pixel's candidate set, bound each half), try the most promising z of every
-  node as a counterexample, and enumerate nodes that are small. ``unable``
-  only when the per-sample budget of nodes or seconds runs out.
+- ``bab`` (default): bound F's margin over the box hull of S(x) (bound
+  tiers, IBP up to alpha-CROWN); on what the cheap tiers leave open, search
+  S(x) for a misclassified member (the S(x) attack's search, metered); then
+  branch on the ambiguous pixels (split a pixel's candidate set, bound each
+  half), try the most promising z of every node as a counterexample, and
+  enumerate nodes that are small. ``unable`` only when the per-sample budget
+  of nodes, work or seconds runs out.
 
 ``failed`` means a real input x' within eps with ``F(T(x')) != y`` was built
 and checked; a misclassified z of S(x) that no input is found to realize
