@@ -7,7 +7,8 @@ Certifies the discretized CertCNN of benchmarks/fashion_mnist_certified.py at
 eps 0.1 on every test image with the default executor (local processes, one
 per core) and a work budget (no wall clock, `BUDGET`), once with the tiers up
 to CROWN and once up to alpha-CROWN; then checks that the outcomes repeat:
-the first `N_REPEAT` images again with 1 worker and with 2 workers. Wall
+the first `N_REPEAT` images again with 1 worker and with 2 workers; and on
+those images, what the S(x) search stage brings (`Budget(search=None)`). Wall
 time, peak memory (process and workers) and load are recorded; other long
 runs can be SIGSTOPped during the timed steps (`--pause`). Results go to
 benchmarks/fashion_mnist/tiers.json, rendered by `render` (README block
@@ -63,23 +64,30 @@ def run(models: Path, out: Path, pause: list[int]) -> None:
     def full(tier: str) -> dict[str, Any]:
         result = certify(net, book, x_test, data.y_test, EPS, bound=tier, budget=Budget(**BUDGET), progress=False)
         s = result.summary()
-        return {"tier": tier, "n": s["n"], "certified": s["certified_rate"], "failed": s["failed_rate"],
+        reasons = [r.split(";")[0] for r in result.reason[result.outcome == "unable"]]
+        return {"tier": tier, "n": s["n"], "delta": s["delta"],
+                "unable_reasons": {r: reasons.count(r) for r in sorted(set(reasons))}, "certified": s["certified_rate"], "failed": s["failed_rate"],
                 "unable": s["unable_rate"], "lower_clopper_pearson": s["lower_clopper_pearson"],
                 "seconds": s["wall_seconds"], "max_image_seconds": float(result.seconds.max()),
                 "mean_work": float(result.work.mean()), "decided_by": s["decided_by"], "root_tier": s["root_tier"],
                 "outcomes": "".join(o[0] for o in result.outcome)}
 
-    def repeat(workers: int) -> dict[str, Any]:
+    def repeat(workers: int, search: bool = True) -> dict[str, Any]:
         executor = "serial" if workers == 1 else None
+        budget = Budget(**BUDGET) if search else Budget(**BUDGET, search=None)
         result = certify(net, book, x_test[:N_REPEAT], data.y_test[:N_REPEAT], EPS, bound=TIERS[-1],
-                         budget=Budget(**BUDGET), executor=executor, workers=workers, progress=False)
+                         budget=budget, executor=executor, workers=workers, progress=False)
+        s = result.summary()
         return {"tier": TIERS[-1], "workers": workers, "n": N_REPEAT, "seconds": result.wall_seconds,
+                "search": search, "certified": s["certified_rate"], "failed": s["failed_rate"],
+                "unable": s["unable_rate"], "decided_by": s["decided_by"],
                 "outcomes": "".join(o[0] for o in result.outcome)}
 
     for tier in TIERS:
         step(f"full/{tier}", lambda: full(tier))
     for workers in (1, 2):
         step(f"repeat/{workers}", lambda: repeat(workers))
+    step("no-search", lambda: repeat(2, search=False))
     reference = results["steps"][f"full/{TIERS[-1]}"]["outcomes"][:N_REPEAT]
     results["identical"] = {f"workers={w}": results["steps"][f"repeat/{w}"]["outcomes"] == reference for w in (1, 2)}
     _save(out, results)
@@ -87,7 +95,8 @@ def run(models: Path, out: Path, pause: list[int]) -> None:
 
 def render(data: dict[str, Any]) -> str:
     budget = data["budget"]
-    lines = ["| top tier | certified (95% CP lower) | failed | unable | wall time | slowest image | mean work/image "
+    delta = next(iter(data["steps"].values())).get("delta", 0.01)
+    lines = [f"| top tier | certified (Clopper-Pearson lower bound, {1 - delta:.0%}) | failed | unable | wall time | slowest image | mean work/image "
              "| root boxes by last tier | peak memory | load |", "|---|---|---|---|---|---|---|---|---|---|"]
     for tier in TIERS:
         row = data["steps"].get(f"full/{tier}")
@@ -104,6 +113,14 @@ def render(data: dict[str, Any]) -> str:
                   f"budget=Budget(nodes={budget['nodes']}, seconds=None, work={budget['work']}))` on all "
                   f"{data['steps'][f'full/{TIERS[0]}']['n']:,} test images, default executor ({data['cores']} "
                   "local processes). Work is counted in forward passes of the network, from shapes, not the clock."]
+    plain = data["steps"].get("no-search")
+    if plain:
+        with_search = data["steps"]["repeat/2"]
+        lines.append(f"The S(x) search stage on the first {plain['n']:,} images (top tier {plain['tier']}, 2 workers): "
+                     f"with it {100 * with_search['certified']:.1f}% certified / {100 * with_search['failed']:.1f}% "
+                     f"failed / {100 * with_search['unable']:.1f}% unable in {with_search['seconds']:.0f} s; "
+                     f"`Budget(search=None)`: {100 * plain['certified']:.1f}% / {100 * plain['failed']:.1f}% / "
+                     f"{100 * plain['unable']:.1f}% in {plain['seconds']:.0f} s.")
     if same:
         verdicts = ", ".join(f"{key} {'yes' if value else 'NO'}" for key, value in same.items())
         lines.append(f"The first {N_REPEAT:,} images again with 1 worker and with 2: outcomes identical to the full "
