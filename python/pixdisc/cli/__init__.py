@@ -97,7 +97,7 @@ def _torch_available() -> bool:
 
 
 def _check_usage(args: argparse.Namespace) -> None:
-    """Checks argparse cannot express: the model file given once, required options with a second spelling."""
+    """Checks argparse cannot express: the model file given once, under either spelling."""
     if getattr(args, "_needs_model", False):
         given = [path for path in (args.model, args.model_option) if path is not None]
         if not given:
@@ -105,8 +105,6 @@ def _check_usage(args: argparse.Namespace) -> None:
         if len(given) == 2 and given[0] != given[1]:
             raise UsageError(f"two model files given ({given[0]} and --model {given[1]}); give one")
         args.model = given[0]
-    if getattr(args, "_required_codebook", False) and args.codebook is None:
-        raise UsageError("--codebook FILE is required")
 
 
 def _is_input_error(exc: BaseException) -> bool:
@@ -136,6 +134,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         hint = ""
         if getattr(args, "checkpoint", None) is not None and args.checkpoint.exists():
             hint = f"; run the same command again to resume from {args.checkpoint}"
+        elif getattr(args, "_resumes_from_output", False) and args.output is not None and args.output.is_dir():
+            # The report folder is the run's cache (pixdisc.experiments.cache, reproduce): a rerun reuses it.
+            hint = (f"; run the same command again to resume: finished work is saved in {args.output} and "
+                    "reused (the interrupted training epoch or attack stage starts over)")
         print(f"pixdisc {args.command}: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - every error becomes a message and an exit code

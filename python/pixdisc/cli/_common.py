@@ -79,12 +79,10 @@ def add_model_argument(p: argparse.ArgumentParser, help: str) -> None:
     p.set_defaults(_needs_model=True)
 
 
-def add_codebook_option(p: argparse.ArgumentParser, help: str, required: bool = False) -> None:
+def add_codebook_option(p: argparse.ArgumentParser, help: str) -> None:
     """``--codebook FILE`` (``--codes`` is accepted as well)."""
-    p.add_argument("--codebook", type=Path, metavar="FILE", help=help + (" (required)" if required else ""))
+    p.add_argument("--codebook", type=Path, metavar="FILE", help=help)
     p.add_argument("--codes", dest="codebook", type=Path, help=argparse.SUPPRESS)
-    if required:
-        p.set_defaults(_required_codebook=True)
 
 
 def add_checkpoint_option(p: argparse.ArgumentParser, help: str) -> None:
@@ -107,6 +105,18 @@ def refuse_overwrite(path: Path, force: bool) -> None:
     """Existing outputs are never replaced silently."""
     if path.exists() and not force:
         raise UsageError(f"{path} exists; pass --force to overwrite it or -o to write elsewhere")
+
+
+def check_output_folder(path: Path) -> None:
+    """A report folder (demo, evaluate, reproduce) must be creatable: no file where it or a parent should be."""
+    for place in (path, *path.parents):
+        if place.exists():
+            if place.is_dir():
+                return
+            where = "" if place == path else f", so the report folder {path} cannot be made there"
+            raise UsageError(f"{place} is a file, not a folder{where}: -o names the report folder to write "
+                             f"(a new one, or the folder of an earlier run to resume it); pass another -o, "
+                             f"or move {place} away")
 
 
 def dataset_name(text: str) -> str:

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from ._common import (CommandError, EXIT_OK, add_checkpoint_option, add_codebook_option, add_data_options,
-                      add_model_argument, add_report_options, load_codebook_file, load_model_file, nonnegative_float,
-                      positive_float_or_none, positive_int, probability, unit_float)
+from ._common import (CommandError, EXIT_OK, UsageError, add_checkpoint_option, add_codebook_option,
+                      add_data_options, add_model_argument, add_report_options, defense_from_meta,
+                      load_codebook_file, load_model_file, nonnegative_float, positive_float_or_none, positive_int,
+                      probability, unit_float)
 
 
 # pixdisc.certification.BOUNDS, spelled out so that `--help` does not import torch (a test checks they agree).
@@ -22,15 +23,22 @@ def cmd_certify(args: argparse.Namespace) -> int:
     from ..report import certify_table
     from ..datasets import as_float_nchw, load_dataset
 
-    net, _ = load_model_file(args.model, None)
-    codebook = load_codebook_file(args.codebook)
-    data = load_dataset(args.dataset, args.data_dir)
+    net, meta = load_model_file(args.model, None)
+    if args.codebook is not None:
+        codebook, source = load_codebook_file(args.codebook), str(args.codebook)
+    else:  # the codebook the model was trained behind, as `pixdisc attack` uses it
+        codebook, source = defense_from_meta(meta), f"the codebook recorded in {args.model}"
+        if codebook is None:
+            raise UsageError(f"{args.model} records no codebook (it was trained without discretization): pass "
+                             "--codebook FILE, the codes to certify it behind (make one with `pixdisc codes`)")
+    dataset = args.dataset or meta.get("dataset") or "mnist5k"
+    data = load_dataset(dataset, args.data_dir)
     images, labels = (data.x_test, data.y_test) if args.split == "test" else (data.x_train, data.y_train)
     if args.limit is not None:
         images, labels = images[: args.limit], labels[: args.limit]
     x = as_float_nchw(images)
     if codebook.n_channels not in (1, x.shape[1]):  # a 1-channel codebook works element-wise on any image
-        raise CommandError(f"{args.codebook} has {codebook.n_channels}-channel codes but {data.name} images have "
+        raise CommandError(f"{source} has {codebook.n_channels}-channel codes but {data.name} images have "
                            f"{x.shape[1]} channel(s); fit a codebook on this data set (`pixdisc codes --dataset "
                            f"{data.name}`)")
     executor: object = "serial" if args.workers == 1 else None
@@ -60,8 +68,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
         return EXIT_OK
-    print(f"{len(labels)} images of {args.dataset}/{args.split}, mode={args.mode}, bound={args.bound}, "
-          f"delta={args.delta}")
+    print(f"{len(labels)} images of {data.name}/{args.split} behind {source}, mode={args.mode}, "
+          f"bound={args.bound}, delta={args.delta}")
     print(certify_table(rows))
     return EXIT_OK
 
@@ -79,8 +87,9 @@ def add_certify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("certify", help="certify robustness of a model behind a codebook on a data set",
                        description="Certify F(T(x)) = y against every l_inf perturbation of size eps.")
     add_model_argument(p, "model file written by `pixdisc train` (the network behind the codebook)")
-    add_codebook_option(p, "codebook (.npz from `pixdisc codes`, or .npy codes)", required=True)
-    add_data_options(p)
+    add_codebook_option(p, "codebook (.npz from `pixdisc codes`, or .npy codes; default: the one the model file "
+                           "records, as written by `pixdisc train --codebook`)")
+    add_data_options(p, default=None, default_text="the one the model was trained on, else mnist5k")
     p.add_argument("--split", choices=("train", "test"), default="test", help="which split to certify (default: test)")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
     p.add_argument("--eps", type=unit_float, nargs="+", required=True, help="one or more budgets (pixel scale [0,1])")

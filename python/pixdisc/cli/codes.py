@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any, Dict
 
 import numpy as np
 
 from ._common import (CommandError, EXIT_OK, UsageError, add_force_option, add_output_option, dataset_key,
-                      dataset_name,
-                      nonnegative_int, positive_float, positive_int, refuse_overwrite, unit_float)
+                      dataset_name, first_line, nonnegative_int, positive_float, positive_int, refuse_overwrite,
+                      unit_float)
 
 
 def _load_pixels(args: argparse.Namespace) -> np.ndarray:
@@ -33,12 +34,38 @@ def _load_pixels(args: argparse.Namespace) -> np.ndarray:
     return np.concatenate([data.x_train, data.x_test])
 
 
+def _paper_codebook(args: argparse.Namespace) -> Dict[str, Any]:
+    """Fill in the -k/-r of Algorithm 1 left out with the paper's values for the data set; return those taken.
+
+    The values are the ones `pixdisc evaluate` fits with (pixdisc.experiments.DATASET_DEFAULTS).
+    """
+    if args.npy is not None:
+        if args.r is None:
+            raise UsageError("--method density needs -r/--radius for --npy pixels: there is no data set to take "
+                             "the paper's radius from")
+        return {}
+    try:
+        # The table lives with the torch layer: only this path of `codes` imports torch.
+        from ..experiments import DATASET_DEFAULTS
+    except ImportError as exc:
+        raise UsageError(f"--method density needs -k and -r/--radius without the torch extra: the paper's "
+                         f"defaults per data set live in pixdisc.experiments ({first_line(exc)})") from None
+    defaults = DATASET_DEFAULTS.get(dataset_key(args.dataset))
+    if defaults is None:
+        if args.r is None:
+            raise UsageError(f"--method density needs -r/--radius: no default codebook for {args.dataset} "
+                             f"(defaults exist for {', '.join(DATASET_DEFAULTS)})")
+        return {}
+    taken = {name: defaults[name] for name in ("k", "r") if getattr(args, name) is None}
+    for name, value in taken.items():
+        setattr(args, name, value)
+    return taken
+
+
 def _make_codebook(args: argparse.Namespace):
     import pixdisc
 
     if args.method == "density":
-        if args.r is None:
-            raise UsageError("--method density needs -r/--radius")
         return pixdisc.DensityCodebook(args.k, args.r, metric=args.metric or "linf", kernel=args.kernel,
                                        bandwidth=args.bandwidth)
     if args.method == "kmedoids":
@@ -67,10 +94,14 @@ def _certified_codebook(args: argparse.Namespace):
 def cmd_codes(args: argparse.Namespace) -> int:
     """Fit a codebook, write it, print the codes."""
     refuse_overwrite(args.output, args.force)
+    paper: Dict[str, Any] = {}
     if args.certified:
         book = _certified_codebook(args)
     else:
-        args.method, args.k = args.method or "density", args.k or 2
+        args.method = args.method or "density"
+        if args.method == "density" and (args.k is None or args.r is None):
+            paper = _paper_codebook(args)
+        args.k = args.k or 2
         book = _make_codebook(args)  # usage errors (a missing -r) before any data is read
         book.fit(_load_pixels(args), channel_axis=args.channel_axis)
     path = book.save(args.output)
@@ -83,12 +114,17 @@ def cmd_codes(args: argparse.Namespace) -> int:
         "codes": codes.tolist(),
         "codes_255": np.rint(codes * 255).astype(int).tolist(),
         "stopped_early": bool(getattr(book, "stopped_early_", False)),
+        "paper_defaults": paper,  # the -k/-r left out and taken from the paper's values for the data set
         "output": str(path),
     }
     if args.json:
         print(json.dumps(report))
         return EXIT_OK
     print(f"{report['n_codes']} codes ({report['channels']} channel(s)) from {args.method}, written to {path}")
+    if paper:
+        print(", ".join(f"{name}={value:.4g}" for name, value in paper.items())
+              + f": the paper's Algorithm 1 defaults for {args.dataset} (as `pixdisc evaluate` uses); pass "
+              + "/".join(f"-{name}" for name in paper) + " to choose")
     if report["stopped_early"]:
         print(f"note: stopped early: no pixel was left after {report['n_codes']} of k={args.k} codes")
     for i, (c, c255) in enumerate(zip(codes, report["codes_255"])):
@@ -110,16 +146,18 @@ def add_codes(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("train", "test", "all"), default="train",
                    help="which images of the data set to fit on (default: train)")
     p.add_argument("--method", choices=("density", "kmedoids", "kmeans", "uniform"), default=None,
-                   help="density: Algorithm 1 (needs -r); kmedoids: Algorithm 2; kmeans; uniform: colour-depth "
+                   help="density: Algorithm 1; kmedoids: Algorithm 2; kmeans; uniform: colour-depth "
                         "reduction (default: density)")
     p.add_argument("-k", type=positive_int, default=None,
-                   help="number of codes (levels per channel for uniform; default 2)")
+                   help="number of codes (levels per channel for uniform; default: for density the paper's k for "
+                        "the data set, else 2)")
     p.add_argument("--certified", action="store_true",
                    help="the data set's recommended codes for certified training and certify (fashion_mnist: "
                         "k-medoids k=4, from the sweep in benchmarks/fashion_mnist.md; mnist/mnist5k: density k=2, "
                         "r=0.6)")
     p.add_argument("-r", "--radius", dest="r", type=unit_float, default=None,
-                   help="removal radius of Algorithm 1 (pixel scale [0,1]); required for density")
+                   help="removal radius of Algorithm 1 (pixel scale [0,1]; default: the paper's for the data set; "
+                        "required with --npy)")
     p.add_argument("--metric", choices=METRICS, default=None,
                    help="default: linf (density, kmeans), l1 (kmedoids), l2 (uniform)")
     p.add_argument("--kernel", choices=KERNELS, default="identity",

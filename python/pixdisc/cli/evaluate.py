@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict
 
 from ._common import (EXIT_OK, UsageError, add_codebook_option, add_data_options, add_output_option,
-                      add_report_options, dataset_key, load_codebook_file, nonnegative_int, parse_attacks,
-                      positive_float, positive_int, progress_enabled, unit_float)
+                      add_report_options, check_output_folder, dataset_key, load_codebook_file, nonnegative_int,
+                      parse_attacks, positive_float, positive_int, progress_enabled, unit_float)
 
 
 def _print_result(result: Dict[str, Any], wall: float) -> None:
@@ -35,6 +35,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..train import SETTINGS
 
     key = dataset_key(args.dataset)
+    args.output = args.output if args.output is not None else Path(f"pixdisc-{key}")  # named in an interrupt's hint
+    check_output_folder(args.output)
     codebook = load_codebook_file(args.codebook) if args.codebook is not None else None
     if codebook is None and key not in DATASET_DEFAULTS and (args.k is None or args.r is None):
         raise UsageError(f"no default codebook for {args.dataset!r}: pass -k and -r, or --codebook")
@@ -54,8 +56,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.no_curve:
         overrides["curve_eps"] = ()
     config = config_for_dataset(key, QUICK_CONFIG if args.quick else DEMO_CONFIG, **overrides)
-    out = args.output if args.output is not None else Path(f"pixdisc-{key}")
-    return _run_and_report(args, lambda: run_experiment(config, out, codebook=codebook,
+    return _run_and_report(args, lambda: run_experiment(config, args.output, codebook=codebook,
                                                         progress=progress_enabled(args),
                                                         extra={"quick": args.quick}))
 
@@ -113,13 +114,14 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of training and attacks (default 0)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     add_report_options(p)
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, _resumes_from_output=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job on the embedded MNIST-5k: codes, six settings, BPDA/PGD, a Table-II-style report."""
     from ..experiments import run_demo
 
+    check_output_folder(args.output)
     return _run_and_report(args, lambda: run_demo(args.output, quick=args.quick, seed=args.seed,
                                                   progress=progress_enabled(args)))
 
@@ -133,4 +135,4 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="a reduced smoke run (seconds; numbers are meaningless)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of training and attacks (default 0)")
     add_report_options(p)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, _resumes_from_output=True)

@@ -6,13 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import EXIT_OK, add_output_option, add_report_options, nonnegative_int, progress_enabled
+from ._common import (EXIT_OK, add_output_option, add_report_options, check_output_folder, nonnegative_int,
+                      progress_enabled)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Reproduce the papers' tables and figures into a report folder."""
     from ..reproduce import reproduce
 
+    check_output_folder(args.output)
     results = reproduce(args.target, args.output, quick=args.quick, data_dir=args.data_dir, seed=args.seed,
                         progress=progress_enabled(args))
     if args.json:
@@ -36,4 +38,4 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
                    help="folder holding CIFAR-10 / GTSRB / ImageNet-dev / MNIST IDX sub-folders")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of training and attacks (default 0)")
     add_report_options(p)
-    p.set_defaults(func=cmd_reproduce)
+    p.set_defaults(func=cmd_reproduce, _resumes_from_output=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Optional
 
 from ._common import (SETTINGS, CommandError, EXIT_OK, UsageError, add_checkpoint_option, add_codebook_option,
                       add_data_options, add_force_option, add_output_option, add_report_options, check_model_fits,
@@ -17,7 +18,8 @@ def _resolve_setting(args: argparse.Namespace) -> str:
         return args.setting
     mode = args.mode or "natural"
     prefix = "nat" if mode == "natural" else "adv"
-    # A codebook with --mode means training on discretized images (the paper's "re-trained").
+    # A codebook with --mode means training on discretized images: the paper's disc_*_re settings, which
+    # re-train a --base network; without --base the network is trained from scratch (the report says which).
     return f"disc_{prefix}_re" if args.codebook is not None else f"{prefix}_pre"
 
 
@@ -82,26 +84,43 @@ def cmd_train(args: argparse.Namespace) -> int:
             "alpha": args.alpha, "bpda": args.bpda,
         },
         "training": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                     "n_train": int(len(x_train)), **({"adversarial": adversarial} if "_adv_" in f"_{setting}_"
-                                                      else {})},
+                     "n_train": int(len(x_train)), "base": None if args.base is None else str(args.base),
+                     **({"adversarial": adversarial} if "_adv_" in f"_{setting}_" else {})},
         "history": history,
         "test_accuracy": test_accuracy,
         "pixdisc": __version__,
     }
     save_model(network, args.output, meta=meta)
-    report = {"setting": setting, "arch": arch, "dataset": data.name, "n_train": int(len(x_train)),
-              "n_test": int(len(x_test)), "epochs": args.epochs, "seconds": seconds,
-              "train_accuracy": history["accuracy"][-1] if history["accuracy"] else None,
+    how = _what_was_done(setting, args.base)
+    report = {"setting": setting, "how": how, "base": None if args.base is None else str(args.base), "arch": arch,
+              "dataset": data.name, "n_train": int(len(x_train)), "n_test": int(len(x_test)), "epochs": args.epochs,
+              "seconds": seconds, "train_accuracy": history["accuracy"][-1] if history["accuracy"] else None,
               "test_accuracy": test_accuracy, "output": str(args.output), "history": history}
     reused = args.base is not None and setting.endswith("_pre")
-    text = [f"{setting}: {args.base} behind the defense, not retrained" if reused else
-            f"trained {setting} ({arch}) on {data.name}: {len(x_train)} images, {args.epochs} epoch(s), "
-            f"{seconds:.1f} s",
+    text = [f"{setting}: {how}" if reused else
+            f"{setting} on {data.name} ({len(x_train)} images, {args.epochs} epoch(s), {seconds:.1f} s): "
+            f"{arch} {how}",
             f"clean test accuracy {percent(test_accuracy)} on {len(x_test)} images"
             + (" (behind the defense)" if defended else ""),
             f"model written to {args.output}"]
     emit(args, report, text)
     return EXIT_OK
+
+
+def _what_was_done(setting: str, base: Optional[Path]) -> str:
+    """What training did, in words: a disc_*_re setting is re-training only when it started from --base."""
+    how = "trained"
+    if "_adv_" in f"_{setting}_":
+        how = "trained adversarially (PGD through BPDA)" if setting.endswith("_re") else "trained adversarially (PGD)"
+    if not setting.startswith("disc_"):
+        return f"{how} from scratch"
+    if setting.endswith("_pre"):
+        if base is not None:
+            return f"{base} behind the defense, not retrained"
+        return f"{how} from scratch on raw images, then put behind the defense"
+    if base is not None:
+        return f"re-{how} from {base} on discretized images"
+    return f"{how} from scratch on discretized images (no --base, so not re-trained)"
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -115,14 +134,16 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--setting", choices=SETTINGS, help="one of the paper's six settings")
     how.add_argument("--mode", choices=("natural", "adversarial", "certified"),
                      help="natural (default) or adversarial; with --codebook the network learns on discretized "
-                          "images (disc_*_re). certified: bound-based training so that `pixdisc certify` succeeds "
-                          "(with --codebook: over the box hull of S(x); without: plain IBP on the eps-box)")
+                          "images (disc_*_re: re-trained from --base, else trained from scratch). certified: "
+                          "bound-based training so that `pixdisc certify` succeeds (with --codebook: over the box "
+                          "hull of S(x); without: plain IBP on the eps-box)")
     add_codebook_option(p, "codebook file (.npz/.npy) for the disc_* settings")
     p.add_argument("--alpha", type=positive_float, default=10.0, help="BPDA sharpness (pixel scale [0,1]; default 10)")
     p.add_argument("--bpda", choices=("soft", "identity"), default="soft",
                    help="backward pass of the discretizer in adversarial training (default: soft)")
     p.add_argument("--base", type=Path, metavar="MODEL",
-                   help="model file to start from (the pre-trained network of *_re settings)")
+                   help="model file to start from (the pre-trained network of *_re settings; without it they "
+                        "train from scratch)")
     p.add_argument("--epochs", type=positive_int, default=5, help="training epochs (default 5)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default 64)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
@@ -180,5 +201,6 @@ def _train_certified(args: argparse.Namespace) -> int:
                          f"clean test accuracy {percent(test_accuracy)}"
                          + (" on discretized images" if codebook is not None else ""),
                          f"model written to {args.output}; check it with `pixdisc certify {args.output} "
-                         f"--codebook CODES --eps {args.eps}`"])
+                         + ("" if codebook is not None else "--codebook CODES ")  # the file records its codebook
+                         + f"--eps {args.eps}`"])
     return EXIT_OK
