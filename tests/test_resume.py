@@ -18,7 +18,7 @@ import pixdisc  # noqa: E402
 from pixdisc import plan  # noqa: E402
 from pixdisc.experiments import run as experiments  # noqa: E402 - the module whose names a run calls
 from pixdisc import train as train_module  # noqa: E402
-from pixdisc.certification import certify, engine as engine_module, schedule  # noqa: E402
+from pixdisc.certification import certify, engine as engine_module, workers  # noqa: E402
 from pixdisc.experiments import QUICK_CONFIG, run_experiment  # noqa: E402
 from pixdisc.models import load_model  # noqa: E402
 
@@ -279,7 +279,9 @@ def test_records_stream_from_worker_processes_before_their_chunk_ends(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        errors = proc.stderr.read().decode()
         proc.stderr.close()
+    assert "running in this process" not in errors  # Blocking lives in the guarded script: workers rebuild it
 
 
 _NOTEBOOK_CODE = """
@@ -347,23 +349,25 @@ def test_a_model_workers_cannot_rebuild_falls_back_to_this_process(tmp_path):
     assert sorted(json.loads(line)["index"] for line in path.read_text().splitlines()[1:]) == list(range(20))
 
 
-def test_pickle_probe_finds_main_classes_without_a_file(monkeypatch):
+def test_pickle_probe_finds_main_classes_workers_cannot_import(monkeypatch):
     Net = type("Net", (torch.nn.Module,), {"forward": lambda self, x: x})
     Net.__module__ = "__main__"
     fake_main = types.ModuleType("__main__")  # no __file__: python -c, stdin, a notebook
     fake_main.Net = Net
     monkeypatch.setitem(sys.modules, "__main__", fake_main)
-    blob, why = schedule._pickle_for_workers(Net())
-    assert blob is None and "Net is defined in __main__ without a file" in why
-    blob, why = schedule._pickle_for_workers(torch.nn.Linear(2, 2))
-    assert why == "" and isinstance(pickle.loads(blob), torch.nn.Linear)
-    fake_main.__file__ = __file__  # a script file: workers re-import it
-    assert schedule._pickle_for_workers(Net())[0] is not None
+    shipment, why = workers.pickle_for_workers(Net())
+    assert shipment is None and "Net is defined in __main__ without a file" in why
+    shipment, why = workers.pickle_for_workers(torch.nn.Linear(2, 2))
+    main, blob = shipment
+    assert why == "" and main is None and isinstance(pickle.loads(blob), torch.nn.Linear)
+    fake_main.__file__ = __file__  # a script whose top level runs code (this file's does): workers never run it
+    shipment, why = workers.pickle_for_workers(Net())
+    assert shipment is None and "runs outside `if __name__ == \"__main__\":`" in why
 
 
 def test_explicit_processes_executor_refuses_what_workers_cannot_rebuild(monkeypatch):
     net, book, x, y = _problem(8)
-    monkeypatch.setattr(schedule, "_pickle_for_workers", lambda engine: (None, "it is a test"))
+    monkeypatch.setattr(workers, "pickle_for_workers", lambda job: (None, "it is a test"))
     with pytest.raises(ValueError, match="it is a test"):
         certify(net, book, x, y, 0.2, executor="processes", chunk_size=4, progress=False)
     # The default executor runs it here instead, with the same outcomes as serial.

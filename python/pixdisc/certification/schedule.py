@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
-import concurrent.futures.process
-import io
-import multiprocessing
 import os
-import pickle
 import queue
 import sys
 import time
-import types
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
@@ -26,6 +20,7 @@ from ..codebook import Codebook
 from .checkpoint import _Checkpoint, _fingerprint, _model_fingerprint
 from .engine import _Engine, _run_chunk
 from .result import BOUNDS, MODES, OUTCOMES, Budget, CertifyResult, _Record
+from .workers import WorkersUnavailable, run_on_workers
 
 
 def _split_defended(model: nn.Module, codebook: Optional[Codebook]) -> Tuple[nn.Module, Codebook]:
@@ -53,20 +48,6 @@ def _as_nchw(x: Any) -> np.ndarray:
     return x
 
 
-class _CannotRebuild(RuntimeError):
-    """A worker process could not rebuild the engine (model, codebook) from its pickle."""
-
-
-# Per worker process: the queue records stream through, and the engine rebuilt from its bytes once.
-_WORKER_RECORDS: Any = None
-_WORKER_ENGINE: Dict[str, _Engine] = {}
-
-
-def _init_worker(records: Any) -> None:
-    global _WORKER_RECORDS
-    _WORKER_RECORDS = records
-
-
 def _run_local(engine: _Engine, x: np.ndarray, y: np.ndarray, indices: np.ndarray, threads: int,
                on_record: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
     """Certify one chunk; ``on_record`` gets each JSON record as soon as its sample is decided."""
@@ -74,50 +55,6 @@ def _run_local(engine: _Engine, x: np.ndarray, y: np.ndarray, indices: np.ndarra
         torch.set_num_threads(threads)
     send = None if on_record is None else (lambda record: on_record(record.to_json()))
     return [r.to_json() for r in engine.certify_samples(engine.prepare(x, y, indices), on_record=send)]
-
-
-def _run_shipped(blob: bytes, key: str, x: np.ndarray, y: np.ndarray, indices: np.ndarray) -> List[Dict]:
-    """Task body in our own worker processes: records stream back through the queue as they are decided."""
-    engine = _WORKER_ENGINE.get(key)
-    if engine is None:
-        try:
-            engine = pickle.loads(blob)
-        except Exception as exc:  # noqa: BLE001 - whatever stops the rebuild, the driver falls back
-            raise _CannotRebuild(f"{type(exc).__name__}: {exc}") from None
-        _WORKER_ENGINE.clear()
-        _WORKER_ENGINE[key] = engine
-    records = _WORKER_RECORDS
-    return _run_local(engine, x, y, indices, 1, None if records is None else records.put)
-
-
-def _pickle_for_workers(engine: _Engine) -> Tuple[Optional[bytes], str]:
-    """The engine's pickle, or (None, why a spawned process could not rebuild it).
-
-    Pickle stores classes and functions by reference; a spawned worker finds
-    those of ``__main__`` only by re-importing the main script's file. A class
-    defined in a notebook cell, in ``python -c`` or in code read from standard
-    input has no such file, so the pickle succeeds here and fails there.
-    """
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    main_importable = isinstance(main_file, str) and os.path.isfile(main_file)
-    unreachable: List[str] = []
-
-    class _Probe(pickle.Pickler):
-        def reducer_override(self, value: Any) -> Any:
-            if isinstance(value, (type, types.FunctionType)) and getattr(value, "__module__", None) == "__main__":
-                if not main_importable:
-                    unreachable.append(getattr(value, "__qualname__", repr(value)))
-            return NotImplemented
-
-    buffer = io.BytesIO()
-    try:
-        _Probe(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(engine)
-    except Exception as exc:  # noqa: BLE001 - any pickling failure means: run in this process
-        return None, f"the model or codebook cannot be pickled ({type(exc).__name__}: {exc})"
-    if unreachable:
-        return None, (f"{unreachable[0]} is defined in __main__ without a file (a notebook cell, `python -c` or "
-                      "standard input), which worker processes cannot import")
-    return buffer.getvalue(), ""
 
 
 def _stream(futures: List[concurrent.futures.Future], records: Any, consume: Callable[[List[Dict]], None]) -> None:
@@ -189,7 +126,12 @@ def certify(
     ``None`` runs on local processes (``workers``, default all cores; inline
     for a single chunk), ``"processes"`` always on local processes,
     ``"serial"`` in this process, or any
-    ``concurrent.futures.Executor`` / Dask ``distributed.Client``.
+    ``concurrent.futures.Executor`` / Dask ``distributed.Client``. The local
+    processes never run the main script's code, so scripts need no ``if
+    __name__ == "__main__":`` guard; a model whose class they cannot rebuild
+    (defined in a notebook, or in a script that runs code outside that guard)
+    is certified in this process instead, the reason printed to stderr
+    (``"processes"`` raises it).
     ``checkpoint`` names a JSON-lines file that records every finished sample;
     an existing one is resumed (it must come from the same model, codes, data
     and settings).
@@ -284,38 +226,12 @@ def certify(
 
 def _run_on_processes(engine: _Engine, x: np.ndarray, y: np.ndarray, chunks: List[np.ndarray], workers: int,
                       consume: Callable[[List[Dict]], None]) -> str:
-    """Certify the chunks on our own spawned processes; returns why it could not ("" when it did)."""
-    blob, reason = _pickle_for_workers(engine)
-    if blob is None:
-        return reason
-    context = multiprocessing.get_context("spawn")
-    stream = context.Queue()
-    pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                                  initializer=_init_worker, initargs=(stream,))
-    key = uuid.uuid4().hex
-    interrupted = False
+    """Certify the chunks on worker processes (which never run the main script's code); returns why it could
+    not ("" when it did). Records stream back as samples are decided; a worker that dies raises WorkerDied."""
     try:
-        _stream([pool.submit(_run_shipped, blob, key, x[c], y[c], c) for c in chunks], stream, consume)
-    except _CannotRebuild as exc:
-        # Seen only in the worker (e.g. a class defined under the main script's `if __name__` guard).
-        return f"worker processes cannot rebuild the model ({exc})"
-    except concurrent.futures.process.BrokenProcessPool as exc:
-        # Records finished so far are in the checkpoint (if any); say how to get going again.
-        raise RuntimeError(
-            "a certification worker process died. Spawned workers re-import the main script: guard "
-            "the script's code with `if __name__ == \"__main__\":`, or pass executor=\"serial\"; "
-            "with checkpoint= a rerun resumes where this one stopped") from exc
-    except BaseException:
-        interrupted = True
-        raise
-    finally:
-        if interrupted:
-            # Ctrl-C must not wait for running chunks: stop the workers (the checkpoint has every record so far).
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.terminate()
-        pool.shutdown(wait=not interrupted, cancel_futures=True)
-        _drain(stream, consume)  # records decided while the pool wound down
-        stream.close()
+        run_on_workers(_run_local, engine, [(x[c], y[c], c, 1) for c in chunks], workers, consume)
+    except WorkersUnavailable as exc:
+        return str(exc)
     return ""
 
 
