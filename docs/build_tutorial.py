@@ -3,10 +3,13 @@
     python docs/build_tutorial.py            # rewrites docs/tutorial.md and docs/figures/
     python docs/build_tutorial.py --out DIR  # somewhere else (the test suite does this)
 
-The cells run in order in one namespace, in a fresh working directory, with
-one torch thread and fixed seeds, so a rebuild reproduces the numbers up to
-library versions. A cell that fails stops the build: the tutorial never
-shows code that did not run.
+The cells run exactly as printed, in order, in one fresh namespace into which
+nothing is imported or defined for them: as a reader pasting them into one
+interpreter would run them, so a cell that uses a name no earlier cell
+imported fails here as it would for the reader. They run in a fresh working
+directory, and the first cell sets one torch thread and a fixed seed, so a
+rebuild reproduces the numbers up to library versions. A cell that fails
+stops the build: the tutorial never shows code that did not run.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ It fits the paper's codes, puts a classifier behind them, attacks it with the
 strongest suite pixdisc has, and then trains a model whose robustness can be
 *proven*, not only tested. Every output and figure below was produced by
 running this code (`python docs/build_tutorial.py`).""",
-     """import numpy as np, torch, pixdisc
+     """import time
+import numpy as np, torch, pixdisc
 from pixdisc import analysis, datasets
 
 torch.manual_seed(0)
@@ -163,17 +167,18 @@ paper's six settings, and `pixdisc reproduce` for its tables and figures.""", ""
 ]
 
 
-def _run(out: Path) -> str:
-    """Execute every cell in ``out`` and return the Markdown."""
+def run(out: Path, cells: list[tuple[str, str]] = CELLS) -> str:
+    """Execute the code of ``cells`` in ``out``, in order in one fresh namespace, and return the Markdown."""
     (out / "figures").mkdir(parents=True, exist_ok=True)
     importlib.import_module("pixdisc")  # imported (in a development install: rebuilt) before output is captured
-    namespace: dict = {"time": time, "__name__": "__tutorial__"}
+    namespace: dict = {"__name__": "__tutorial__"}  # a module name and nothing else: the cells import the rest
     parts: list[str] = []
     previous = Path.cwd()
     os.chdir(out)
     try:
-        for number, (text, code) in enumerate(CELLS, 1):
+        for number, (text, code) in enumerate(cells, 1):
             parts.append(text.strip())
+            code = code.strip()  # run exactly what is shown
             if not code:
                 continue
             buffer = io.StringIO()
@@ -181,7 +186,7 @@ def _run(out: Path) -> str:
             with contextlib.redirect_stdout(buffer):
                 exec(compile(code, f"<tutorial cell {number}>", "exec"), namespace)  # noqa: S102 - our own cells
             print(f"cell {number}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
-            parts.append(f"```python\n{code.strip()}\n```")
+            parts.append(f"```python\n{code}\n```")
             if buffer.getvalue().strip():
                 parts.append(f"```text\n{buffer.getvalue().rstrip()}\n```")
     finally:
@@ -193,7 +198,7 @@ def build(out: Path = HERE) -> Path:
     """Run the tutorial in ``out`` and write ``out/tutorial.md`` (figures in ``out/figures``)."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    text = _run(out)
+    text = run(out)
     with tempfile.NamedTemporaryFile("w", dir=out, delete=False, suffix=".md") as handle:
         handle.write(text)
     target = out / "tutorial.md"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import IO, Any, Iterator, Union
 
@@ -49,11 +51,51 @@ def write_text(path: PathLike, text: str) -> Path:
     return Path(path)
 
 
-def numpy_load_error(path: str | os.PathLike, error: BaseException) -> str:
-    """What went wrong reading ``path`` with ``np.load(allow_pickle=False)``, without numpy's advice to allow
+def numpy_load_reason(error: BaseException) -> str:
+    """Why ``np.load(allow_pickle=False)`` could not read a file, in words, without numpy's advice to allow
     pickles (running a file's code is never the fix pixdisc suggests)."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if "allow_pickle" in text or "pickle" in text.lower():
-        return (f"{path} is not a plain NumPy array file: it is not a .npy/.npz of numbers (it holds pickled "
-                "objects, or random bytes that look like them), and pixdisc never unpickles files")
-    return f"{path} is not a plain NumPy array file ({text})"
+        return ("it is not a .npy/.npz of numbers (it holds pickled objects, or random bytes that look like them), "
+                "and pixdisc never unpickles files")
+    return f"numpy could not read it ({text})"
+
+
+def numpy_load_error(
+    path: str | os.PathLike,
+    error: BaseException,
+    next_step: str = "pass a .npy/.npz file of plain numbers (written with numpy.save or numpy.savez)",
+) -> str:
+    """What went wrong reading ``path`` with ``np.load(allow_pickle=False)``, and what to do instead."""
+    return f"{path} is not a plain NumPy array file: {numpy_load_reason(error)}; {next_step}"
+
+
+def file_kind(path: PathLike) -> str:
+    """What a file's first bytes say it is, for error messages: ``"empty"``, ``"npy"``, ``"npz"``, ``"zip"``,
+    ``"pickle"``, ``"text"``, ``"binary"``, or ``"unreadable"`` when it cannot be opened."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(4096)
+    except OSError:
+        return "unreadable"
+    if not head:
+        return "empty"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "zip"
+        return "npz" if names and all(name.endswith(".npy") for name in names) else "zip"
+    if head.startswith(b"\x80"):
+        return "pickle"
+    if b"\0" not in head:
+        try:
+            text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # the cut may split a character
+        except UnicodeDecodeError:
+            return "binary"
+        if all(character.isprintable() or character in "\t\n\r" for character in text):
+            return "text"
+    return "binary"

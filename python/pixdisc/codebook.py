@@ -5,13 +5,15 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _native
-from ._files import atomic_write, numpy_load_error
+from ._files import atomic_write, file_kind, numpy_load_reason
 from .pixels import as_pixels, histogram_of
 
 __all__ = [
@@ -421,37 +423,66 @@ def load_codebook(path: Union[str, os.PathLike]) -> Codebook:
     """Load a codebook written by :meth:`Codebook.save` (``.npz``), or bare codes (``.npy``, ``(k, C)``).
 
     Files are read with ``allow_pickle=False``; anything malformed raises a
-    ``ValueError`` that names the file.
+    ``ValueError`` that names the file, says what is wrong with it and what to
+    pass instead.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no codebook file at {path}")
+    next_step = "pass a codebook written by Codebook.save or `pixdisc codes -o FILE.npz`, or fit the codes again"
+    if path.suffix == ".npy":
+        next_step += " (a .npy codebook holds bare codes: a (k, C) array of values in [0, 1])"
     try:
         if path.suffix == ".npy":
-            return Codebook(np.load(path, allow_pickle=False))
-        # Our own handle: np.load leaks its file when a truncated .npz fails to open.
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as f:
-            version = int(f["format_version"])
-            if version > FORMAT_VERSION:
-                raise ValueError(f"format version {version} is newer than this pixdisc supports ({FORMAT_VERSION})")
-            codes = np.array(f["codes"])
-            metric = str(f["metric"])
-            meta = json.loads(str(f["meta"]))
-    except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
-        detail = numpy_load_error(path, exc) if "pickle" in str(exc).lower() else str(exc)
-        raise ValueError(f"{path} is not a valid pixdisc codebook: {detail}") from exc
-    cls = _KINDS.get(meta.get("kind"), Codebook)
-    if cls is Codebook:
-        return Codebook(codes, metric=metric)
-    params = dict(meta.get("params", {}))
+            codes, metric, meta = np.load(path, allow_pickle=False), "linf", {}
+        else:
+            # Our own handle: np.load leaks its file when a truncated .npz fails to open.
+            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as f:
+                version = int(f["format_version"])
+                codes = np.array(f["codes"])
+                metric = str(f["metric"])
+                meta = json.loads(str(f["meta"]))
+    except Exception as exc:  # noqa: BLE001 - whatever numpy or zipfile raises, the file is at fault
+        raise ValueError(f"{path} is not a valid pixdisc codebook: {_unreadable(path, exc)}; {next_step}") from exc
+    if path.suffix != ".npy" and version > FORMAT_VERSION:
+        raise ValueError(f"{path} is a codebook of format version {version}, newer than this pixdisc reads "
+                         f"({FORMAT_VERSION}); upgrade pixdisc to read it, or pass another codebook")
     try:
-        book = cls(**params)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: invalid codebook parameters {params}: {exc}") from exc
-    book._set_codes(codes)
-    for key, value in meta.get("fitted", {}).items():
-        setattr(book, key, np.asarray(value) if isinstance(value, list) else value)
-    return book
+        if not isinstance(meta, dict):
+            raise ValueError("its 'meta' entry is not a JSON object")
+        cls = _KINDS.get(meta.get("kind"), Codebook)
+        if cls is Codebook:
+            return Codebook(codes, metric=metric)
+        params = dict(meta.get("params", {}))
+        try:
+            book = cls(**params)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid {cls.__name__} parameters {params}: {exc}") from None
+        book._set_codes(codes)
+        for key, value in meta.get("fitted", {}).items():
+            setattr(book, key, np.asarray(value) if isinstance(value, list) else value)
+        return book
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path} is not a valid pixdisc codebook: {exc}; {next_step}") from exc
+
+
+def _unreadable(path: Path, error: BaseException) -> str:
+    """Why a codebook file could not be read, in a user's words."""
+    kind = file_kind(path)
+    if kind in ("empty", "text"):
+        return "it is empty (0 bytes)" if kind == "empty" else "it holds text, not NumPy arrays"
+    if isinstance(error, KeyError):
+        if kind == "zip":
+            return "it is a zip archive of other files (a torch model?), not a codebook"
+        # numpy says "codes is not a file in the archive"
+        name = str(error.args[0]).split(" is not a file")[0] if error.args else "?"
+        return f"it has no {name!r} entry, so Codebook.save did not write it"
+    if isinstance(error, json.JSONDecodeError):
+        return "its 'meta' entry is not valid JSON"
+    if isinstance(error, (zipfile.BadZipFile, EOFError, zlib.error)):
+        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"it is a damaged or incomplete .npz archive, e.g. cut off by an unfinished copy ({text})"
+    return numpy_load_reason(error)
 
 
 # The codes to certify with, per data set (certified training and `certify`), as opposed to the paper's

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._files import atomic_write
+from ._files import atomic_write, file_kind
 
 __all__ = [
     "MODELS",
@@ -268,8 +268,17 @@ def _atomic_torch_save(payload: Any, path: str | os.PathLike[str]) -> None:
         torch.save(payload, stream)
 
 
-def _safe_torch_load(path: str | os.PathLike[str], map_location: Any, what: str) -> Any:
-    """``torch.load(weights_only=True)`` with every failure turned into an error naming the file."""
+_MODEL_NEXT_STEP = "pass a model file written by pixdisc.models.save_model or `pixdisc train -o FILE`"
+
+
+def _safe_torch_load(
+    path: str | os.PathLike[str],
+    map_location: Any,
+    what: str,
+    next_step: str = _MODEL_NEXT_STEP,
+) -> Any:
+    """``torch.load(weights_only=True)`` with every failure turned into an error naming the file, saying what
+    is wrong with it and ending with ``next_step`` (what the user should do instead)."""
     file_path = Path(path)
     if not file_path.is_file():
         raise FileNotFoundError(f"{what} not found: {file_path}")
@@ -279,15 +288,32 @@ def _safe_torch_load(path: str | os.PathLike[str], map_location: Any, what: str)
             # still decides, and refusal is reported below.
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(file_path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's own message suggests weights_only=False, i.e. running the file's code: never relay that.
-        raise ValueError(
-            f"{file_path} is not a valid {what}: torch's safe loader (weights_only=True) refused it, so it holds "
-            "something other than tensors and plain values, or is not a torch file at all. pixdisc never "
-            "unpickles arbitrary objects; write models with pixdisc.models.save_model (or `pixdisc train`)"
-        ) from None
     except Exception as error:  # noqa: BLE001 - any failure here is the file's fault, report it as such
-        raise ValueError(f"{file_path} is not a valid {what} (corrupt or unreadable: {_first_line(error)})") from None
+        raise ValueError(f"{file_path} is not a valid {what}: {_torch_load_problem(file_path, error)}; "
+                         f"{next_step}") from None
+
+
+def _torch_load_problem(path: Path, error: BaseException) -> str:
+    """What is wrong with a file ``torch.load`` refused, in a user's words (never torch's advice to pass
+    ``weights_only=False``, i.e. to run the file's code)."""
+    kind = file_kind(path)
+    if kind == "unreadable" or isinstance(error, PermissionError):
+        return f"it cannot be read ({_first_line(error)})"
+    if kind == "empty":
+        return "it is empty (0 bytes)"
+    if kind == "text":
+        return "it holds text, not a torch file"
+    if kind in ("npy", "npz"):
+        return f"it is a NumPy .{kind} file (a codebook or data?), not a torch file"
+    if isinstance(error, pickle.UnpicklingError):
+        return ("torch's safe loader (weights_only=True) refused it: it holds objects other than tensors and "
+                "plain values, or is not a torch file at all, and pixdisc never unpickles arbitrary objects")
+    if kind == "zip":
+        detail = _first_line(error).split(". ")[0]
+        return f"it is a damaged or incomplete torch file, e.g. cut off by an unfinished copy ({detail})"
+    if kind == "pickle":
+        return "it is a damaged torch file in torch's older format, or a bare Python pickle"
+    return "it is not a torch file (neither the zip archive torch writes nor its older format)"
 
 
 def _first_line(error: BaseException) -> str:
@@ -354,29 +380,35 @@ def load_model(
     payload = _safe_torch_load(path, map_location, "pixdisc model file")
     file_path = Path(path)
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
-        raise ValueError(f"{file_path} is not a pixdisc model file (no {MODEL_FILE_FORMAT!r} header)")
+        raise ValueError(f"{file_path} is not a pixdisc model file (no {MODEL_FILE_FORMAT!r} header: a bare "
+                         f"state_dict or tensor does not say which architecture to build); {_MODEL_NEXT_STEP}")
     version = payload.get("version")
     if not isinstance(version, int) or version > MODEL_FILE_VERSION:
         raise ValueError(
-            f"{file_path} has model file version {version!r}; this pixdisc reads up to {MODEL_FILE_VERSION}"
+            f"{file_path} has model file version {version!r}; this pixdisc reads up to {MODEL_FILE_VERSION}: "
+            "upgrade pixdisc to read it, or pass another model file"
         )
     name = payload.get("arch")
     if name not in MODELS:
-        raise ValueError(f"{file_path} names unknown architecture {name!r}; known: {sorted(MODELS)}")
+        raise ValueError(f"{file_path} names unknown architecture {name!r} (known: {sorted(MODELS)}); upgrade "
+                         f"pixdisc if a newer one wrote it, or {_MODEL_NEXT_STEP}")
     try:
         arch_kwargs = json.loads(payload["arch_kwargs"])
         meta = json.loads(payload["meta"])
         state_dict = payload["state_dict"]
     except (KeyError, TypeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{file_path} is a damaged pixdisc model file: {error}") from None
+        raise ValueError(f"{file_path} is a damaged pixdisc model file ({_first_line(error)}); "
+                         f"{_MODEL_NEXT_STEP}") from None
     try:
         model = build_model(name, **arch_kwargs)
-    except ValueError as error:
-        raise ValueError(f"{file_path}: cannot rebuild architecture {name!r}: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{file_path}: cannot rebuild architecture {name!r} ({_first_line(error)}), so it was "
+                         f"edited or written by another pixdisc version; {_MODEL_NEXT_STEP}") from None
     try:
         model.load_state_dict(state_dict)
     except (RuntimeError, TypeError, AttributeError) as error:
-        raise ValueError(f"{file_path}: weights do not match architecture {name!r} ({_first_line(error)})") from None
+        raise ValueError(f"{file_path}: weights do not match architecture {name!r} ({_first_line(error)}), so it "
+                         f"was edited or written by another pixdisc version; {_MODEL_NEXT_STEP}") from None
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
         model.to(map_location)
     model.eval()

@@ -118,17 +118,22 @@ def _load_checkpoint(
     config: dict[str, Any],
     epochs: int,
 ) -> dict[str, Any]:
-    checkpoint = _safe_torch_load(path, device, "pixdisc training checkpoint")
+    # pixdisc writes checkpoints atomically, so a bad one was never a run's half-written file: replace it.
+    start_over = f"delete {path} to start training over, or pass another checkpoint path"
+    checkpoint = _safe_torch_load(path, device, "pixdisc training checkpoint", start_over)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a pixdisc training checkpoint")
+        raise ValueError(f"{path} is not a pixdisc training checkpoint (no {CHECKPOINT_FORMAT!r} header: a "
+                         f"model file or another program's file?); {start_over}")
     if checkpoint.get("version") != CHECKPOINT_VERSION:
         version = checkpoint.get("version")
-        raise ValueError(f"{path} has checkpoint version {version!r}, expected {CHECKPOINT_VERSION}")
+        raise ValueError(f"{path} has training checkpoint version {version!r}, this pixdisc resumes version "
+                         f"{CHECKPOINT_VERSION}; resume it with the pixdisc that wrote it, or {start_over}")
     try:
         saved_config = json.loads(checkpoint["config"])
         epoch = int(checkpoint["epoch"])
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path} is a damaged training checkpoint: {error}") from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is a damaged training checkpoint ({reason}); {start_over}") from None
     differing = sorted(key for key in set(config) | set(saved_config) if config.get(key) != saved_config.get(key))
     if differing:
         details = ", ".join(f"{key}: {saved_config.get(key)!r} -> {config.get(key)!r}" for key in differing)
@@ -136,7 +141,8 @@ def _load_checkpoint(
             f"{path} was written by a different training run ({details}); delete it or change checkpoint_path"
         )
     if epoch > epochs:
-        raise ValueError(f"{path} is already at epoch {epoch}, beyond the requested epochs={epochs}")
+        raise ValueError(f"{path} is already at epoch {epoch}, beyond the requested epochs={epochs}; ask for "
+                         f"epochs >= {epoch} to use it, or {start_over}")
     return checkpoint
 
 
@@ -158,7 +164,8 @@ def _resume_training(
         optimizer.load_state_dict(checkpoint["optimizer"])
     except (KeyError, RuntimeError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{checkpoint_file} does not fit this model/optimizer: {reason}") from None
+        raise ValueError(f"{checkpoint_file} does not fit this model/optimizer ({reason}); delete it to start "
+                         "training over, or pass another checkpoint path") from None
     restored = {key: list(values) for key, values in checkpoint.get("history", history).items()}
     return restored, int(checkpoint["epoch"])
 

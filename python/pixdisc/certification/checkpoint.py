@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable
 
@@ -48,23 +49,31 @@ class _Checkpoint:
     def _resume(self, header: Dict[str, Any]) -> None:
         with open(self.path, "rb") as f:
             raw = f.read()
-        complete = raw[: raw.rfind(b"\n") + 1]  # a killed writer may leave half a line
+        complete = raw[: raw.rfind(b"\n") + 1]  # a run killed while appending leaves half a line, last
+        lines = complete.split(b"\n")[:-1]
+        start_over = f"delete {self.path} to start this run over, or pass another checkpoint file"
         try:
-            lines = complete.decode("utf-8").splitlines()
-            first = json.loads(lines[0])
-        except (IndexError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{self.path} is not a pixdisc certification checkpoint (not JSON lines written by "
-                             "certify; use another file or delete it)") from exc
-        if first.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{self.path} is not a pixdisc certification checkpoint")
+            first = _parse(lines[0]) if lines else None
+        except ValueError:
+            first = None
+        if not isinstance(first, dict) or first.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{self.path} is not a pixdisc certification checkpoint (its first line is not the "
+                             f"header certify writes); {start_over}")
         for key, value in header.items():
             if first.get(key) != value:
                 raise ValueError(f"{self.path} was written for a different run: {key} is {first.get(key)!r} there, "
-                                 f"{value!r} now; use another checkpoint file")
-        for line in lines[1:]:
-            rec = _Record.from_json(json.loads(line))
+                                 f"{value!r} now; pass another checkpoint file, or delete this one to start over")
+        for number, line in enumerate(lines[1:], start=2):
+            try:
+                rec = _record(line, first.get("n"))
+            except ValueError as exc:
+                raise ValueError(f"{self.path}, line {number}, is not a record certify wrote: {exc}. Delete that "
+                                 f"line (its sample is certified again), or {start_over}") from None
             self.done[rec.index] = rec
         if len(complete) != len(raw):
+            print(f"pixdisc.certify: {self.path}: dropped its last line ({len(raw) - len(complete)} bytes without an "
+                  "end of line), cut off by a run killed while writing it; that sample is certified again",
+                  file=sys.stderr, flush=True)
             with open(self.path, "r+b") as f:
                 f.truncate(len(complete))
 
@@ -74,6 +83,35 @@ class _Checkpoint:
                 f.write(json.dumps(r) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def _parse(line: bytes) -> Any:
+    """One checkpoint line as JSON (a ``ValueError`` for bytes that are not UTF-8 JSON)."""
+    return json.loads(line.decode("utf-8"))
+
+
+def _record(line: bytes, samples: Any) -> _Record:
+    """One record line of a checkpoint, or a ``ValueError`` saying in words what is wrong with it."""
+    try:
+        fields = _parse(line)
+    except ValueError:
+        # Resuming drops a cut-off last line before it appends, so a cut-off line with lines after it was
+        # left by a killed run and then appended to by something else (or the file was edited).
+        raise ValueError("it is not JSON, probably a line cut off by a killed run with other lines written "
+                         "after it") from None
+    try:
+        rec = _Record.from_json(fields)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"its fields are not a record's ({_first_line(exc)}; was the file edited?)") from None
+    limit = samples if isinstance(samples, int) else float("inf")
+    if isinstance(rec.index, bool) or not isinstance(rec.index, int) or not 0 <= rec.index < limit:
+        raise ValueError(f"its sample index {rec.index!r} is not one of this run's (was the file edited?)")
+    return rec
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 # --------------------------------------------------------------------------------------- driver
