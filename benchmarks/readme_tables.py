@@ -22,7 +22,10 @@ files and the README cannot drift from the data), then fills:
 - `<!-- interval-certified -->`: `benchmarks/interval_certified.json` (benchmarks/interval_certified.py);
 - `<!-- fashion-mnist -->`: `benchmarks/fashion_mnist/*.json` (benchmarks/fashion_mnist_sweep.py,
   benchmarks/fashion_mnist_certified.py, `pixdisc reproduce fashion_mnist`), rendered with
-  `benchmarks/fashion_mnist.md` by benchmarks/fashion_mnist_report.py.
+  `benchmarks/fashion_mnist.md` by benchmarks/fashion_mnist_report.py;
+- `<!-- certify-scale -->`: `benchmarks/certify_scale.json` (benchmarks/certify_scale.py);
+- `<!-- fashion-mnist-tiers -->`: `benchmarks/fashion_mnist/tiers.json` (benchmarks/fashion_mnist_tiers.py);
+- `<!-- demo-tiers -->`: `benchmarks/demo_tiers.json` (benchmarks/demo_tiers.py).
 """
 
 from __future__ import annotations
@@ -136,6 +139,24 @@ def _fashion_block() -> str:
     return fashion_mnist_report.headline()
 
 
+def _certify_scale_block() -> str:
+    import certify_scale
+
+    return _rendered("certify_scale", certify_scale.render)
+
+
+def _fashion_tiers_block() -> str:
+    import fashion_mnist_tiers
+
+    return _rendered("fashion_mnist/tiers", fashion_mnist_tiers.render)
+
+
+def _demo_tiers_block() -> str:
+    import demo_tiers
+
+    return _rendered("demo_tiers", demo_tiers.render)
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
@@ -144,7 +165,8 @@ def main() -> None:
               "attack-strength": _attack_block, "interval-certified": _interval_block,
               "certify-native": _certify_native_block, "torch-benchmarks": _torch_block,
               "analysis-mnist": _analysis_mnist_block, "analysis-neighbourhoods": _neighbourhoods_block,
-              "fashion-mnist": _fashion_block}
+              "fashion-mnist": _fashion_block, "certify-scale": _certify_scale_block,
+              "fashion-mnist-tiers": _fashion_tiers_block, "demo-tiers": _demo_tiers_block}
     for marker, make in blocks.items():
         pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
         if not pattern.search(text):
