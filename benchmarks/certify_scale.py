@@ -475,7 +475,7 @@ def render(data: Dict[str, Any]) -> str:
         else:
             cells += ["", "", ""]
         w = rows.get("wall")
-        cells.append(f"{_secs(w['max_seconds'])} ({w['certified']} / {w['failed']} / {w['unable']})" if w else "")
+        cells.append(f"{w['max_seconds']:.2f} s ({w['certified']} / {w['failed']} / {w['unable']})" if w else "")
         m = rows.get("milp")
         if m:
             per = (f"; {_secs(m['mean_seconds_per_reached'])} each (max {_secs(m['max_seconds_per_reached'])})"

@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 import pixdisc  # noqa: E402
 from pixdisc.candidates import candidate_sets  # noqa: E402
 from pixdisc.certification import Budget, certify  # noqa: E402
+from pixdisc.sx_attack import SearchBudget  # noqa: E402
 
 
 
@@ -579,3 +580,25 @@ def test_search_failures_are_checked_and_the_search_can_be_turned_off():
     assert engine._checked_failure(samples[i], x[i]) is None  # T(x) is classified correctly
     outside = np.clip(x_adv + np.float32(0.3) * np.sign(x_adv - x[i] + 1e-3), 0, 1).astype(np.float32)
     assert engine._checked_failure(samples[i], outside) is None  # more than eps away
+
+
+def test_last_search_breaks_what_branch_and_bound_leaves_open():
+    """Class 0 unless two pixels go low: no single change of T(x) flips it, so a search of single changes
+    misses it; with no branching nodes, the stronger search on the held-back budget must find the pair."""
+    pixels = 4
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(pixels, 2)).eval()
+    with torch.no_grad():
+        net[1].weight.zero_()
+        net[1].weight[0].fill_(1.0)
+        net[1].bias.copy_(torch.tensor([-(pixels - 1.5), 0.0]))
+    book = pixdisc.Codebook(np.array([[0.0], [1.0]], np.float32))
+    x = np.full((1, 1, 2, 2), 0.55, np.float32)  # T(x) = all high; each pixel can reach 0 within eps 0.1
+    single_changes = SearchBudget(restarts=0, local_steps=1, enumerate_log2=0)
+    light = certify(net, book, x, [0], 0.1, executor="serial", progress=False,
+                    budget=Budget(nodes=0, seconds=None, work=10_000, search=single_changes))
+    assert light.outcome.tolist() == ["failed"] and light.method.tolist() == ["s(x) search, last"]
+    x_adv = light.counterexample[0]
+    assert (np.abs(x_adv - x[0]) <= 0.1).all() and (np.asarray(book.transform(x_adv[None])) == 0).sum() >= 2
+    without = certify(net, book, x, [0], 0.1, executor="serial", progress=False,
+                      budget=Budget(nodes=0, seconds=None, work=10_000, search=None))
+    assert without.outcome.tolist() == ["unable"]  # the bounds alone cannot decide it

@@ -10,7 +10,7 @@ its coefficients) divided by the activations of one forward pass.
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 
 class BudgetExhausted(Exception):
@@ -29,6 +29,25 @@ class Meter:
         self.work = work
         self.deadline = deadline  # time.monotonic() value
         self.spent = 0.0
+        self._held: Optional[Tuple[Optional[float], Optional[float]]] = None
+
+    def hold_back(self, share: float) -> None:
+        """Keep ``share`` of the work and seconds left out of reach until :meth:`release` (a reserve for a
+        last stage, so the stages before it run out early)."""
+        if self._held is not None:
+            raise RuntimeError("this meter already holds a reserve back")
+        self._held = (self.work, self.deadline)
+        if self.work is not None:
+            self.work = self.spent + (1.0 - share) * max(0.0, self.work - self.spent)
+        if self.deadline is not None:
+            now = time.monotonic()
+            self.deadline = now + (1.0 - share) * max(0.0, self.deadline - now)
+
+    def release(self) -> None:
+        """The limits as they were before :meth:`hold_back` (nothing when nothing is held)."""
+        if self._held is not None:
+            self.work, self.deadline = self._held
+            self._held = None
 
     def charge(self, units: float, where: str) -> None:
         self.spent += units

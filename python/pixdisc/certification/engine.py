@@ -29,6 +29,12 @@ _BATCHED_TIERS = ("ibp", "crown-ibp")
 _SEARCH_SHARE = 0.25
 _SEARCH_GROUP = 16
 _SEARCH_SEED = 0
+# An image whose tighter bounds and branching run out gets a last, stronger search (SCALE times the search
+# budget, another seed) on the FINAL_SHARE of its budget that was held back for it: most images branch and
+# bound cannot finish have a counterexample the first, light search missed.
+_FINAL_SHARE = 0.25
+_FINAL_SCALE = 4.0
+_FINAL_SEED = 1
 
 
 @dataclass
@@ -371,7 +377,10 @@ class _Engine:
                        time.monotonic() - started, reason=reason, tier=tier)
 
     def _open_image(self, sample: _Sample, started: float, meter: Meter) -> _Record:
-        """An image the batched tiers left open: the tighter tiers at the root, then branch and bound."""
+        """An image the batched tiers left open: the tighter tiers at the root, then branch and bound, with a
+        share of the budget held back for the last stages (``_last_stages``)."""
+        if self.budget.search is not None:
+            meter.hold_back(_FINAL_SHARE)
         tier = self._batched_top()
         if TIERS.index(self.bound) > TIERS.index(tier):
             worst, escalation = self._margins([self._box(sample, sample.candidates)], [sample.y], meter,
@@ -381,7 +390,7 @@ class _Engine:
                 return _Record(sample.index, "certified", sample.log2_size, len(sample.positions), 1,
                                time.monotonic() - started, method="bounds", tier=tier)
             if escalation.exhausted is not None:
-                return self._exact_stage(sample, 0, started, meter, f"root bounds {escalation.exhausted}", tier)
+                return self._last_stages(sample, 0, started, meter, f"root bounds {escalation.exhausted}", tier)
         return self._branch_and_bound(sample, started, meter, tier)
 
     def _paper(self, sample: _Sample, started: float) -> _Record:
@@ -458,7 +467,7 @@ class _Engine:
             return record
 
         def out_of(what: str) -> _Record:
-            return self._exact_stage(sample, nodes, started, meter, f"branch and bound {what}"
+            return self._last_stages(sample, nodes, started, meter, f"branch and bound {what}"
                                      + (f"; {stuck}" if stuck else ""), tier)
 
         while stack:
@@ -509,6 +518,27 @@ class _Engine:
                            time.monotonic() - started, z_codes=stuck_z, reason=stuck, tier=tier)
         return _Record(sample.index, "certified", sample.log2_size, len(sample.positions), nodes,
                        time.monotonic() - started, method="branch-and-bound", tier=tier)
+
+    def _last_stages(self, sample: _Sample, nodes: int, started: float, meter: Meter, reason: str,
+                     tier: str = "") -> _Record:
+        """Bounds and branching ran out (``reason``): the reserve held back for it goes to a stronger S(x)
+        search, then the exact stage."""
+        meter.release()
+        search = self.budget.search
+        if search is not None and (meter.left is None or meter.left > 0):
+            search = replace(search.scaled(_FINAL_SCALE), chunk=min(search.chunk, self.batch_size))
+            from ..sx_attack import search_members
+
+            x = torch.from_numpy(sample.x.reshape(1, *self.image_shape)).to(self.device)
+            y = torch.tensor([sample.y], device=self.device)
+            x_adv, found, _ = search_members(self.net, self.codebook, x, y, self.eps, search, _FINAL_SEED, meter)
+            if bool(found[0]):
+                failure = self._checked_failure(sample, x_adv[0].cpu().numpy())
+                if failure is not None:
+                    failure.nodes, failure.seconds, failure.tier = nodes, time.monotonic() - started, tier
+                    failure.method = "s(x) search, last"
+                    return failure
+        return self._exact_stage(sample, nodes, started, meter, reason, tier)
 
     def _exact_stage(self, sample: _Sample, nodes: int, started: float, meter: Meter, reason: str,
                      tier: str = "") -> _Record:
