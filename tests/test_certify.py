@@ -59,8 +59,8 @@ def test_one_channel_outcomes_equal_exhaustive_search(eps, mode):
         assert result.outcome[i] == exhaustive_outcome(net, book, x[i], y[i], eps), i
 
 
-@pytest.mark.parametrize("mode", ["paper", "bab"])
-def test_failures_come_with_checked_counterexamples(mode):
+def _three_code_task():
+    """30 random 2x2 images behind codes {0, 0.5, 1}, labelled by a tiny two-class net (T(x) right)."""
     rng = np.random.default_rng(5)
     codes = np.array([[0.0], [0.5], [1.0]], np.float32)
     book = pixdisc.Codebook(codes)
@@ -68,6 +68,12 @@ def test_failures_come_with_checked_counterexamples(mode):
     net = tiny_net(4, classes=2, seed=3)
     with torch.no_grad():
         y = net(torch.from_numpy(book.transform(x, channel_axis=1))).argmax(1).numpy()
+    return net, book, codes, x, y
+
+
+@pytest.mark.parametrize("mode", ["paper", "bab"])
+def test_failures_come_with_checked_counterexamples(mode):
+    net, book, codes, x, y = _three_code_task()
     eps = 0.2
     result = certify(net, book, x, y, eps, mode=mode, b=64, executor="serial", progress=False)
     failed = np.flatnonzero(result.outcome == "failed")
@@ -558,13 +564,7 @@ def test_search_failures_are_checked_and_the_search_can_be_turned_off():
     """The S(x) search decides "failed" only with an input that T and F, run again, misclassify."""
     from pixdisc.certification.engine import _Engine
 
-    rng = np.random.default_rng(5)
-    codes = np.array([[0.0], [0.5], [1.0]], np.float32)
-    book = pixdisc.Codebook(codes)
-    x = rng.random((30, 1, 2, 2)).astype(np.float32)
-    net = tiny_net(4, classes=2, seed=3)
-    with torch.no_grad():
-        y = net(torch.from_numpy(book.transform(x, channel_axis=1))).argmax(1).numpy()
+    net, book, codes, x, y = _three_code_task()
     budget = Budget(nodes=10_000, seconds=None, work=10_000, leaf_log2=0)
     with_search = certify(net, book, x, y, 0.2, budget=budget, executor="serial", progress=False)
     without = certify(net, book, x, y, 0.2, budget=Budget(nodes=10_000, seconds=None, work=10_000, leaf_log2=0,
