@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import pixdisc
-from pixdisc import cli, load_codebook
+from pixdisc import cli, datasets, load_codebook
 
 
 def test_codes_on_embedded_mnist(tmp_path, capsys):
@@ -309,6 +309,72 @@ def test_certified_training_then_certify_cli(tmp_path, capsys):
                  capsys)
     assert cli.main(["certify", "--model", str(tmp_path / "nope.pt"), "--codes", str(codes), "--eps", "0.1"]) == 1
     assert "nope.pt" in capsys.readouterr().err
+
+
+def test_train_certified_schedule_options_default_to_the_recipe_and_need_mode_certified(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from pixdisc.plan import certified_recipe
+
+    # The help gives certified_recipe's rule; for 20 epochs it is the README's Fashion-MNIST recipe.
+    assert certified_recipe(20) == {"warmup_epochs": 1, "ramp_epochs": 6, "lr_milestones": (14, 17),
+                                    "kappa_end": 0.7}
+    _, commands = _subparsers()
+    helps = {action.dest: action.help for action in commands["train"]._actions}
+    assert "(default 1)" in helps["warmup_epochs"] and "6 for 20 epochs" in helps["ramp_epochs"]
+    assert "14 17 for 20 epochs" in helps["lr_milestones"] and "default 0.7" in helps["kappa_end"]
+    out = str(tmp_path / "m.pt")
+    _usage_error(["train", "--mode", "natural", "--kappa-end", "0.7", "-o", out],
+                 "--kappa-end: the schedule of bound-based training, only for --mode certified", capsys)
+    _usage_error(["train", "--warmup-epochs", "1", "--lr-milestones", "2", "-o", out],
+                 "--warmup-epochs, --lr-milestones: the schedule", capsys)
+    _usage_error(["train", "--mode", "certified", "--eps", "0.1", "--epochs", "3", "--lr-milestones", "1", "3",
+                  "-o", out], "--lr-milestones 3: epochs are counted from 0", capsys)
+    _usage_error(["train", "--mode", "certified", "--eps", "0.1", "--kappa-end", "1.5", "-o", out], "[0, 1]", capsys)
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.skipif(not datasets.FASHION_MNIST_DIR.is_dir(),
+                    reason=f"{datasets.FASHION_MNIST_DIR} absent (apt-get install dataset-fashion-mnist)")
+def test_train_certified_cli_trains_what_the_library_recipe_trains(tmp_path, capsys, monkeypatch,
+                                                                   single_torch_thread):
+    """The README's Fashion-MNIST command line, on 256 images for 3 epochs, gives the weights and history of
+    benchmarks/fashion_mnist_certified.py's library calls with the same schedule and seed."""
+    import torch
+
+    from pixdisc.codebook import certified_codebook
+    from pixdisc.models import build_model, load_model
+    from pixdisc.train import train_certified
+
+    # Sums over several threads round differently (weights then differ by ~1e-8): both runs on one torch
+    # thread, which the CLI keeps as it finds it when OMP_NUM_THREADS is set.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    n = 256
+    data = datasets.load_fashion_mnist()
+    codes, model = tmp_path / "fm-codes.npz", tmp_path / "fm-disc.pt"
+    certified_codebook("fashion_mnist", data.x_train[:n]).save(codes)
+    schedule = {"warmup_epochs": 1, "ramp_epochs": 1, "lr_milestones": [2], "kappa_end": 0.7}
+    assert cli.main(["train", "--dataset", "fashion_mnist", "--mode", "certified", "--codebook", str(codes),
+                     "--arch", "cert_cnn", "--eps", "0.15", "--epochs", "3", "--batch-size", "128", "--lr", "1e-3",
+                     "--warmup-epochs", "1", "--ramp-epochs", "1", "--lr-milestones", "2", "--kappa-end", "0.7",
+                     "--limit", str(n), "--test-limit", "100", "--device", "cpu",
+                     "--checkpoint", str(tmp_path / "fm-disc.ckpt"), "-o", str(model), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["schedule"] == schedule
+    cli_net, meta = load_model(model, return_meta=True)
+    assert meta["training"] == {"epochs": 3, "batch_size": 128, "lr": 1e-3, "seed": 0, "n_train": n, **schedule}
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # as the benchmark does; the CLI's --seed 0 seeds the initialisation the same way
+        fresh = build_model("cert_cnn")
+    net, history = train_certified(fresh, datasets.as_float_nchw(data.x_train[:n]), data.y_train[:n],
+                                   load_codebook(codes), eps=0.15, epochs=3, batch_size=128, lr=1e-3, progress=False,
+                                   device="cpu", **schedule)
+    expected, got = net.state_dict(), cli_net.state_dict()
+    assert list(got) == list(expected)
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    del history["seconds"], meta["history"]["seconds"]
+    assert meta["history"] == history
+    assert history["lr"] == [1e-3, 1e-3, pytest.approx(1e-4)] and history["eps"][-1] == 0.15
 
 
 # --- one vocabulary: the same flag for the same thing, help everywhere, nonsense refused ----------

@@ -57,7 +57,10 @@ def test_demo_quick_runs_fast_and_reports(quick_demo):
         # Cumulative over attacks: never increasing, ending at the worst case.
         assert after == sorted(after, reverse=True)
         assert after[-1] == row["robust_accuracy"]
-        assert sum(row["broken_by"].values()) == round(row["n"] * (1 - row["robust_accuracy"]))
+        # Clean errors apart: the attacks count only images the model got right, and the three counts add up.
+        assert row["clean_errors"] + sum(row["broken_by"].values()) + row["not_broken"] == row["n"]
+        assert row["clean_errors"] == round(row["n"] * (1 - row["clean_accuracy"]))
+        assert sum(row["broken_by"].values()) <= round(row["n"] * (1 - row["robust_accuracy"]))
         # Floor and ceiling: certified <= robust under attack, and the three statuses add up.
         assert row["ceiling"] == row["robust_accuracy"]
         if row["floor"] is not None:
@@ -85,8 +88,12 @@ def test_demo_quick_writes_parseable_files(quick_demo):
     assert set(saved) >= {"config", "dataset", "codebook", "attack", "training", "settings", "paper", "checks",
                           "timings", "versions"}
     markdown = (out / "results.md").read_text()
-    table = [line for line in markdown.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + len(SETTINGS)
+    tables = "\n".join(line if line.startswith("|") else "" for line in markdown.splitlines()).split("\n\n")
+    table, breakdown = [[line for line in block.splitlines() if line] for block in tables if block.strip()]
+    assert len(table) == len(breakdown) == 2 + len(SETTINGS)
+    # The second table counts images: clean errors, then what each attack broke among the rest.
+    assert breakdown[0].startswith("| setting | n | clean errors | broken by S(x) search |")
+    assert breakdown[0].endswith("| broken by certify | not broken |")
     assert table[0].count("|") == table[1].count("|") == table[2].count("|")
     assert "ceiling (attacked)" in table[0] and "floor (certified)" in table[0] and "paper robust" in table[0]
     assert "arXiv:1805.07816" in markdown
@@ -97,7 +104,7 @@ def test_demo_quick_writes_parseable_files(quick_demo):
     for values in curve["settings"].values():
         assert values[0] >= max(values[1:])
     # Quick runs say so; every accuracy is a fraction with its 95% interval around it.
-    assert "Quick run: reduced budgets, numbers not comparable" in markdown
+    assert "Quick run: a smoke test, its numbers mean nothing" in markdown and "**NO**" not in markdown
     for row in saved["settings"].values():
         for key in ("clean_accuracy", "robust_accuracy"):
             low, high = row["ci95"][key]
@@ -260,4 +267,4 @@ def test_quick_runs_are_marked_in_every_figure(monkeypatch, tmp_path):
     for quick in (False, True):
         titles.clear()
         write_report({**result, "quick": quick}, tmp_path / str(quick))
-        assert len(titles) == 2 and all(("not comparable" in title) == quick for title in titles), titles
+        assert len(titles) == 2 and all(("smoke test" in title) == quick for title in titles), titles

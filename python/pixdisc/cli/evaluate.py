@@ -14,7 +14,7 @@ from ._common import (EXIT_OK, UsageError, add_codebook_option, add_data_options
 
 
 def _print_result(result: Dict[str, Any], wall: float) -> None:
-    from ..report import markdown_table
+    from ..report import check_verdict, markdown_table
 
     print(markdown_table(result))
     if result.get("paper"):
@@ -22,7 +22,7 @@ def _print_result(result: Dict[str, Any], wall: float) -> None:
     if result.get("quick"):
         print("quick run: reduced budgets on a few images; the numbers and checks below mean nothing")
     for check in result.get("checks", {}).values():
-        print(f"check: {check['description']}: {'yes' if check['passed'] else 'NO'} ({check['detail']})")
+        print(f"check: {check['description']}: {check_verdict(result, check)} ({check['detail']})")
     files = result.get("files", {})
     if files:
         print("wrote " + ", ".join(files.values()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from ._common import (SETTINGS, CommandError, EXIT_OK, UsageError, add_checkpoint_option, add_codebook_option,
                       add_data_options, add_force_option, add_output_option, add_report_options, check_model_fits,
@@ -31,6 +31,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..plan import adversarial_recipe
     from ..train import train_setting
 
+    schedule_options = (("--warmup-epochs", args.warmup_epochs), ("--ramp-epochs", args.ramp_epochs),
+                        ("--lr-milestones", args.lr_milestones), ("--kappa-end", args.kappa_end))
+    certified_only = [flag for flag, value in schedule_options if value is not None]
+    if certified_only and args.mode != "certified":
+        raise UsageError(f"{', '.join(certified_only)}: the schedule of bound-based training, only for --mode "
+                         f"certified")
     # Rerunning with an existing checkpoint continues the same run: its output may be replaced.
     refuse_overwrite(args.output, args.force or (args.checkpoint is not None and args.checkpoint.exists()))
     if args.mode == "certified":
@@ -152,6 +158,20 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, default=None,
                    help="PGD steps in adversarial training (default: the paper's)")
     p.add_argument("--step-size", type=positive_float, default=None, help="PGD step size (default: the paper's)")
+    # Defaults None: pixdisc.plan.certified_recipe derives them from --epochs (the help spells out its rule; the
+    # parser is built without importing torch, so it cannot ask it).
+    p.add_argument("--warmup-epochs", type=nonnegative_int, default=None, metavar="N",
+                   help="--mode certified: natural epochs before the eps ramp starts (default 1)")
+    p.add_argument("--ramp-epochs", type=nonnegative_int, default=None, metavar="N",
+                   help="--mode certified: epochs over which eps grows linearly from 0 to --eps (default: a third "
+                        "of --epochs, rounded down, at least 1: 6 for 20 epochs)")
+    p.add_argument("--lr-milestones", type=nonnegative_int, nargs="*", default=None, metavar="EPOCH",
+                   help="--mode certified: epochs (counted from 0) from which on the learning rate is divided by 10 "
+                        "once more (default: 70%% and 85%% of --epochs, rounded down: 14 17 for 20 epochs; the "
+                        "flag alone keeps the rate constant)")
+    p.add_argument("--kappa-end", type=unit_float, default=None, metavar="KAPPA",
+                   help="--mode certified: weight of the natural loss at the end of the eps ramp, going down from 1 "
+                        "(the rest is the bound loss; default 0.7)")
     p.add_argument("--limit", type=positive_int, default=None, help="train on the first N training images")
     p.add_argument("--test-limit", type=positive_int, default=None, help="report accuracy on the first N test images")
     add_checkpoint_option(p, "write a checkpoint after every epoch (and when interrupted) and resume from it if it "
@@ -166,6 +186,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 def _train_certified(args: argparse.Namespace) -> int:
     """`pixdisc train --mode certified`: bound-based training for the certificate."""
+    import torch
+
     from .. import __version__
     from ..models import build_model, predict, save_model
     from ..plan import certified_recipe
@@ -173,17 +195,21 @@ def _train_certified(args: argparse.Namespace) -> int:
 
     if args.eps is None:
         raise UsageError("--mode certified needs --eps, the budget the certificate should hold for")
+    schedule = _certified_schedule(args, certified_recipe(args.epochs))
     x_train, y_train, data = load_split(args.dataset, args.data_dir, "train", args.limit)
     x_test, y_test, _ = load_split(args.dataset, args.data_dir, "test", args.test_limit)
     codebook = load_codebook_file(args.codebook) if args.codebook is not None else None
     arch = args.arch or "cert_cnn"
     kwargs = {} if arch == "cifar_resnet" else {"input_size": list(x_train.shape[2:])}
-    net = build_model(arch, in_channels=int(x_train.shape[1]), num_classes=data.num_classes, **kwargs)
+    # --seed seeds the initialisation too (as train_setting does), without disturbing the global RNG: the
+    # library's `torch.manual_seed(seed); build_model(arch)` gives the same network.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        net = build_model(arch, in_channels=int(x_train.shape[1]), num_classes=data.num_classes, **kwargs)
     started = time.perf_counter()
     net, history = train_certified(net, x_train, y_train, codebook, eps=args.eps, epochs=args.epochs,
                                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=progress_enabled(args),
-                                   device=args.device, checkpoint_path=args.checkpoint,
-                                   **certified_recipe(args.epochs))
+                                   device=args.device, checkpoint_path=args.checkpoint, **schedule)
     seconds = time.perf_counter() - started
     x_eval = x_test if codebook is None else torch_from(codebook.transform(x_test.numpy(), channel_axis=1))
     test_accuracy = float((predict(net, x_eval) == y_test).float().mean())
@@ -191,12 +217,13 @@ def _train_certified(args: argparse.Namespace) -> int:
             "num_classes": int(data.num_classes), "eps_train": args.eps,
             "defense": None if codebook is None else {"codebook": str(args.codebook), "codes": codebook.codes_.tolist(),
                                                       "metric": codebook.metric},
-            "training": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed},
+            "training": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                         "n_train": int(len(x_train)), **schedule},
             "history": history, "test_accuracy": test_accuracy, "pixdisc": __version__}
     save_model(net, args.output, meta=meta)
     report = {"setting": "certified", "arch": arch, "dataset": data.name, "eps": args.eps, "seconds": seconds,
               "test_accuracy": test_accuracy, "train_verified": history["verified"][-1] if history["verified"] else None,
-              "output": str(args.output), "history": history}
+              "schedule": schedule, "output": str(args.output), "history": history}
     emit(args, report, [f"certified training ({arch}, eps={args.eps}) on {data.name}: {seconds:.1f} s, "
                          f"clean test accuracy {percent(test_accuracy)}"
                          + (" on discretized images" if codebook is not None else ""),
@@ -204,3 +231,16 @@ def _train_certified(args: argparse.Namespace) -> int:
                          + ("" if codebook is not None else "--codebook CODES ")  # the file records its codebook
                          + f"--eps {args.eps}`"])
     return EXIT_OK
+
+
+def _certified_schedule(args: argparse.Namespace, recipe: Dict[str, Any]) -> Dict[str, Any]:
+    """train_certified's schedule: the options given, the rest from ``recipe`` (certified_recipe of --epochs)."""
+    given = {"warmup_epochs": args.warmup_epochs, "ramp_epochs": args.ramp_epochs, "kappa_end": args.kappa_end,
+             "lr_milestones": None if args.lr_milestones is None else sorted(args.lr_milestones)}
+    schedule = {name: recipe[name] if value is None else value for name, value in given.items()}
+    schedule["lr_milestones"] = [int(epoch) for epoch in schedule["lr_milestones"]]
+    late = [epoch for epoch in given["lr_milestones"] or () if epoch >= args.epochs]
+    if late:
+        raise UsageError(f"--lr-milestones {' '.join(map(str, late))}: epochs are counted from 0, so with --epochs "
+                         f"{args.epochs} a milestone must be below {args.epochs} to apply")
+    return schedule

@@ -77,15 +77,22 @@ def evaluate_setting(model: nn.Module, x: Tensor, y: Tensor, config: ExperimentC
 
 
 def summarise_result(result: Any, attack_names: Sequence[str]) -> dict[str, Any]:
-    """Clean, cumulative-per-attack and worst-case robust accuracy from an ``evaluate_robustness`` result."""
+    """Clean, cumulative-per-attack and worst-case robust accuracy from an ``evaluate_robustness`` result.
+
+    The counts split the images in three: ``clean_errors`` (wrong before any
+    attack), ``broken_by`` (per attack, the images it broke first among those
+    the model got right) and ``not_broken`` (right, and no attack broke them).
+    """
     count = len(result)
     success = result.success
+    correct = result.clean_correct
     index = result.attack_index
     robust_after: dict[str, float] = {}
     broken_by: dict[str, int] = {}
     for position, name in enumerate(attack_names):
-        # A broken point's attack_index is the first attack that broke it (later ones skip it).
-        broken_by[name] = int((success & (index == position)).sum())
+        # A broken point's attack_index is the first attack that broke it (later ones skip it). An image the
+        # model already got wrong is the first attack's "success" too; it is a clean error, not a break.
+        broken_by[name] = int((success & correct & (index == position)).sum())
         robust_after[name] = (count - int((success & (index <= position)).sum())) / count
     return {
         "n": count,
@@ -93,7 +100,8 @@ def summarise_result(result: Any, attack_names: Sequence[str]) -> dict[str, Any]
         "robust_accuracy": result.robust_accuracy,
         "robust_after": robust_after,
         "broken_by": broken_by,
-        "clean_errors": int((~result.clean_correct).sum()),
+        "clean_errors": int((~correct).sum()),
+        "not_broken": int((correct & ~success).sum()),
     }
 
 
@@ -185,7 +193,7 @@ def run_experiment(
     ``defense``, ``attack``, ``training``, ``settings`` (per setting: ``n``,
     ``clean_accuracy``, ``robust_accuracy`` (per-sample worst case over the
     attacks), ``robust_after`` (robust accuracy after each attack, cumulative
-    in attack order), ``broken_by`` (points first broken by each attack),
+    in attack order), ``broken_by`` (images each attack was first to break among those classified correctly before any attack; ``clean_errors`` and ``not_broken`` complete the count to ``n``),
     ``train_seconds``/``eval_seconds``), ``curve`` (robust accuracy vs eps, or
     None), ``paper`` (Table II where the paper has the data set, else None),
     ``checks`` (the paper's MNIST claims, MNIST only), ``timings``,

@@ -17,6 +17,11 @@ __all__ = [
     "PAPER_CITATION",
     "PAPER_TABLE_II",
     "SETTING_LABELS",
+    "accuracy_bars",
+    "breakdown_table",
+    "check_verdict",
+    "draw_accuracy",
+    "draw_eps_curve",
     "markdown_table",
     "paper_reference",
     "plot_accuracy",
@@ -114,7 +119,18 @@ def _percent_ci(value: float | None, n: int | None) -> str:
 
 def quick_label(result: Mapping[str, Any]) -> str:
     """What marks a quick run in every file and figure ("" for a full run)."""
-    return "quick run: reduced budgets, numbers not comparable" if result.get("quick") else ""
+    return "quick run: a smoke test, its numbers mean nothing" if result.get("quick") else ""
+
+
+def check_verdict(result: Mapping[str, Any], check: Mapping[str, Any]) -> str:
+    """How a check of ``result['checks']`` reads: "yes", "NO", or, in a quick run, that nobody judges it.
+
+    A quick run's budgets are far too small for the paper's claims to hold or
+    fail, so a claim that fails there is no failure and is not shown as one.
+    """
+    if result.get("quick"):
+        return "not judged (smoke test)"
+    return "yes" if check["passed"] else "NO"
 
 
 def markdown_table(result: Mapping[str, Any]) -> str:
@@ -158,6 +174,33 @@ def markdown_table(result: Mapping[str, Any]) -> str:
             else:
                 scale = _paper_scale(paper)
                 cells += [f"{scale * reference['clean_accuracy']:.2f}", f"{scale * reference['robust_accuracy']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def breakdown_table(result: Mapping[str, Any]) -> str:
+    """Where each setting's images went, as counts: clean errors, first broken by each attack, not broken.
+
+    Only images the model classified correctly count under an attack, so the
+    columns add up to ``n``. Rows from before the two were kept apart (no
+    ``not_broken`` key: their ``broken_by`` includes the clean errors) show
+    "—" in the attack columns. "" when no row has the counts.
+    """
+    rows = result["settings"]
+    if not any("clean_errors" in row for row in rows.values()):
+        return ""
+    labels = {attack["name"]: attack["label"] for attack in result["attack"]["attacks"]}
+    labels["certify"] = "certify"
+    attacks = [name for name in labels if any(name in row.get("broken_by", {}) for row in rows.values())]
+    header = ["setting", "n", "clean errors"] + [f"broken by {labels[name]}" for name in attacks] + ["not broken"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for name, row in rows.items():
+        cells = [f"`{name}`", str(row["n"]), str(row.get("clean_errors", "—"))]
+        separated = "not_broken" in row
+        for attack in attacks:
+            count = row.get("broken_by", {}).get(attack)
+            cells.append("—" if count is None or not separated else str(count))
+        cells.append(str(row["not_broken"]) if separated else "—")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -216,9 +259,20 @@ def write_markdown(result: Mapping[str, Any], path: str | os.PathLike[str]) -> P
     """A Markdown report: what was run, the Table-II-style table, the qualitative checks and timings."""
     lines = [f"# pixdisc: the paper's six settings on `{result['dataset']['name']}`", ""]
     if quick_label(result):
-        lines += [f"**{quick_label(result).capitalize()}**: a smoke run of every code path.", ""]
+        lines += [f"**{quick_label(result).capitalize()}.** Every step ran once with tiny budgets (training on "
+                  f"{result['dataset']['n_train']} images, attacks and certify on {result['dataset']['n_test']}), "
+                  "to show that the code works. Its accuracies and checks say nothing about the defense, good or bad; run without "
+                  "`--quick` for the experiment itself.", ""]
     lines += _describe(result)
     lines += ["", markdown_table(result), ""]
+    breakdown = breakdown_table(result)
+    if breakdown:
+        lines += ["## Clean errors and attack breaks (images)", "",
+                  "Clean errors are the images the model got wrong before any attack. Each attack column counts "
+                  "only images the model got right: those that attack was the first to break (the attacks run in "
+                  "the table's order, each on what the ones before it left). Not broken: right, and no attack "
+                  "broke them. Each row adds up to n.", "",
+                  breakdown, ""]
     paper = result.get("paper")
     if paper is not None:
         lines.append(
@@ -228,10 +282,9 @@ def write_markdown(result: Mapping[str, Any], path: str | os.PathLike[str]) -> P
         lines.append("")
     checks = result.get("checks", {})
     if checks:
-        lines += ["## Checks", ""]
-        for name, check in checks.items():
-            mark = "yes" if check["passed"] else "NO"
-            lines.append(f"- {check['description']}: **{mark}** ({check['detail']})")
+        lines += ["## Checks" + (" (not judged: a smoke test)" if result.get("quick") else ""), ""]
+        for check in checks.values():
+            lines.append(f"- {check['description']}: **{check_verdict(result, check)}** ({check['detail']})")
         lines.append("")
     timings = result.get("timings", {})
     if timings:
@@ -269,41 +322,130 @@ def _strict(value: Any) -> Any:
     return value
 
 
-def plot_accuracy(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Bar chart: clean vs worst-case robust accuracy per setting, the paper's robust accuracy as markers."""
-    names = list(result["settings"])
-    clean = [100 * (result["settings"][name]["clean_accuracy"] or 0.0) for name in names]
-    robust = [100 * (result["settings"][name]["robust_accuracy"] or 0.0) for name in names]
-    positions = range(len(names))
+def accuracy_bars(result: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
+    """What ``accuracy.png`` draws per setting, in percent: ``clean``, ``ceiling`` (robust under attack),
+    ``floor`` (certified; None where certify did not run) and ``paper`` (Table II's robust accuracy, or None)."""
+    paper = result.get("paper")
+    bars: dict[str, dict[str, float | None]] = {}
+    for name, row in result["settings"].items():
+        floor = row.get("floor")
+        reference = None if paper is None else paper["settings"].get(name)
+        bars[name] = {
+            "clean": 100 * (row["clean_accuracy"] or 0.0),
+            "ceiling": 100 * (row["robust_accuracy"] or 0.0),
+            "floor": None if floor is None else 100 * floor,
+            "paper": None if reference is None else _paper_scale(paper) * reference["robust_accuracy"],
+        }
+    return bars
+
+
+# Colours of accuracy.png, one per idea: clean, what the attacks left (ceiling), what certify proved (floor).
+_CLEAN, _CEILING, _FLOOR = "#4c72b0", "#dd8452", "#55a868"
+
+
+def draw_accuracy(axes: Any, result: Mapping[str, Any]) -> dict[str, Any]:
+    """Draw :func:`accuracy_bars` on ``axes``: per setting a clean bar and, beside it, robust accuracy as the
+    interval [floor, ceiling]. Returns the artists by role (a role no setting needs is None).
+
+    The robust bar is solid green up to the certified floor and hatched orange from there to the attacked
+    ceiling: the hatched part is what neither side decided. A setting that certify did not run on (no
+    discretizer) has a plain orange bar up to its ceiling: nothing under it is proved.
+    """
+    bars = accuracy_bars(result)
+    names = list(bars)
     width = 0.38
+    clean_x = [p - width / 2 for p in range(len(names))]
+    robust_x = [p + width / 2 for p in range(len(names))]
+    certified = [(x, bars[name]) for x, name in zip(robust_x, names) if bars[name]["floor"] is not None]
+    uncertified = [(x, bars[name]) for x, name in zip(robust_x, names) if bars[name]["floor"] is None]
+    artists: dict[str, Any] = {"clean": axes.bar(clean_x, [bars[name]["clean"] for name in names], width,
+                                                label="clean", color=_CLEAN),
+                               "ceiling": None, "floor": None, "undecided": None, "interval": None, "paper": None}
+    if uncertified:
+        artists["ceiling"] = axes.bar([x for x, _ in uncertified], [bar["ceiling"] for _, bar in uncertified],
+                                      width, label="ceiling (attacked), not certified", color=_CEILING)
+    if certified:
+        x = [x for x, _ in certified]
+        floors = [bar["floor"] for _, bar in certified]
+        ceilings = [bar["ceiling"] for _, bar in certified]
+        artists["floor"] = axes.bar(x, floors, width, label="floor (certified)", color=_FLOOR)
+        artists["undecided"] = axes.bar(x, [c - f for c, f in zip(ceilings, floors)], width, bottom=floors,
+                                        label="undecided: between floor and ceiling", facecolor="white",
+                                        edgecolor=_CEILING, hatch="///", linewidth=1.2)
+        # The interval itself, capped at both ends, so that it shows even where it is a few points wide.
+        middle = [(c + f) / 2 for c, f in zip(ceilings, floors)]
+        artists["interval"] = axes.errorbar(x, middle, yerr=[[m - f for m, f in zip(middle, floors)],
+                                                              [c - m for c, m in zip(ceilings, middle)]],
+                                            fmt="none", ecolor="black", elinewidth=1.2, capsize=6, zorder=4,
+                                            label="robust accuracy [floor, ceiling]")
+    marks = [(x, bars[name]["paper"]) for x, name in zip(robust_x, names) if bars[name]["paper"] is not None]
+    if marks:
+        artists["paper"] = axes.scatter([m[0] for m in marks], [m[1] for m in marks], marker="_", s=400,
+                                        color="black", linewidths=2, label="paper robust (Table II)", zorder=3)
+    for x, name in zip(robust_x, names):
+        bar = bars[name]
+        if bar["floor"] is None:
+            text = f"{bar['ceiling']:.0f}"
+        elif bar["floor"] == bar["ceiling"]:
+            text = f"{bar['ceiling']:.0f} exact"
+        else:
+            digits = 1 if round(bar["floor"]) == round(bar["ceiling"]) else 0
+            text = f"{bar['floor']:.{digits}f}–{bar['ceiling']:.{digits}f}"
+        axes.text(x, bar["ceiling"] + 1.5, text, ha="center", va="bottom", fontsize=7)
+    axes.set_xticks(list(range(len(names))))
+    axes.set_xticklabels(names, rotation=20)
+    axes.set_ylim(0, 125)
+    axes.set_ylabel("accuracy (%)")
+    axes.legend(loc="upper left", ncol=3, fontsize=7)
+    return artists
+
+
+def plot_accuracy(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """``accuracy.png``: per setting clean accuracy and the robust interval [certified floor, attacked ceiling]
+    (:func:`draw_accuracy`), the paper's robust accuracy as markers."""
     attack = result["attack"]
     title = (f"{result['dataset']['name']}: eps={attack['eps']:g}, {attack['steps']} steps, "
              f"n={result['dataset']['n_test']}" + (f"\n({quick_label(result)})" if quick_label(result) else ""))
-    with png_figure(path, (9, 4.5), title) as (_, axes):
-        axes.bar([p - width / 2 for p in positions], clean, width, label="clean", color="#4c72b0")
-        axes.bar([p + width / 2 for p in positions], robust, width, label="robust (worst case)", color="#dd8452")
-        paper = result.get("paper")
-        if paper is not None:
-            marks = [(p + width / 2, _paper_scale(paper) * paper["settings"][name]["robust_accuracy"])
-                     for p, name in zip(positions, names) if name in paper["settings"]]
-            if marks:
-                axes.scatter([m[0] for m in marks], [m[1] for m in marks], marker="_", s=400, color="black",
-                             linewidths=2, label="paper robust (Table II)", zorder=3)
-        for p, value in zip(positions, robust):
-            # Inside the bar's top where it fits, so it does not collide with the paper's marker.
-            inside = value > 8
-            axes.text(p + width / 2, value - 1 if inside else value + 1, f"{value:.0f}", ha="center",
-                      va="top" if inside else "bottom", fontsize=8, color="white" if inside else "black")
-        axes.set_xticks(list(positions))
-        axes.set_xticklabels(names, rotation=20)
-        axes.set_ylim(0, 118)
-        axes.set_ylabel("accuracy (%)")
-        axes.legend(loc="upper left", ncol=3, fontsize=8)
+    with png_figure(path, (9, 4.8), title) as (_, axes):
+        draw_accuracy(axes, result)
     return Path(path)
 
 
+# One look per curve of robustness_vs_eps.png, so that curves that coincide stay apart: later curves are drawn
+# thinner, with smaller hollow markers and another dash pattern, on top of the earlier ones.
+_CURVE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_CURVE_LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1)))
+
+
+def draw_eps_curve(axes: Any, curve: Mapping[str, Any]) -> list[Any]:
+    """Draw robust accuracy against eps, one line per setting of ``curve['settings']``; returns the lines.
+
+    A setting whose values equal an earlier one's says so in the legend ("same as ..."), since its line
+    lies exactly on the other.
+    """
+    lines = []
+    drawn: dict[tuple[float, ...], str] = {}
+    for index, (name, values) in enumerate(curve["settings"].items()):
+        key = tuple(float(v) for v in values)
+        label = name if key not in drawn else f"{name} (same as {drawn[key]})"
+        drawn.setdefault(key, name)
+        (line,) = axes.plot(curve["eps"], [100 * v for v in values], label=label,
+                            marker=_CURVE_MARKERS[index % len(_CURVE_MARKERS)],
+                            linestyle=_CURVE_LINESTYLES[index % len(_CURVE_LINESTYLES)],
+                            linewidth=max(2.8 - 0.4 * index, 1.0), markersize=max(10 - 1.2 * index, 4),
+                            markerfacecolor="none", markeredgewidth=1.4, zorder=2 + index)
+        lines.append(line)
+    axes.set_xlabel("eps (l_inf, pixel scale [0,1])")
+    axes.set_ylabel("robust accuracy (%)")
+    axes.set_ylim(-2, 102)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return lines
+
+
 def plot_eps_curve(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path | None:
-    """Robust accuracy against eps for the settings in ``result['curve']``; None when there is no curve."""
+    """Robust accuracy against eps for the settings in ``result['curve']`` (:func:`draw_eps_curve`); None when
+    there is no curve."""
     curve = result.get("curve")
     if not curve or not curve.get("settings"):
         return None
@@ -311,13 +453,7 @@ def plot_eps_curve(result: Mapping[str, Any], path: str | os.PathLike[str]) -> P
     title = (f"{result['dataset']['name']}: {attack}, {curve['steps']} steps, n={curve['n']}"
              + (f"\n({quick_label(result)})" if quick_label(result) else ""))
     with png_figure(path, (6, 4.5), title) as (_, axes):
-        for name, values in curve["settings"].items():
-            axes.plot(curve["eps"], [100 * v for v in values], marker="o", label=name)
-        axes.set_xlabel("eps (l_inf, pixel scale [0,1])")
-        axes.set_ylabel("robust accuracy (%)")
-        axes.set_ylim(-2, 102)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
+        draw_eps_curve(axes, curve)
     return Path(path)
 
 
