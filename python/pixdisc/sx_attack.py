@@ -376,7 +376,7 @@ def sx_attack(
         with torch.no_grad():
             clean_logits = model(images)
         _check_logits(clean_logits, labels)
-        x_adv, _, problem = _search(net, discretize.codebook, images, labels, float(eps), budget, generator)
+        x_adv, found, problem = _search(net, discretize.codebook, images, labels, float(eps), budget, generator)
         with torch.no_grad():
             adv_logits = model(x_adv)
     finally:
@@ -385,7 +385,7 @@ def sx_attack(
     confirmed = adv_logits.argmax(dim=1) != labels
     params = {"attack": "sx", "eps": float(eps), "seed": None if seed is None else int(seed), **asdict(budget),
               "forward_passes": int(problem.forwards), "unrealized_codes": int(problem.dropped),
-              "search_found_but_not_confirmed": int((problem.found & ~confirmed).sum())}
+              "search_found_but_not_confirmed": int((found & ~confirmed).sum())}
     return result_from_inputs(images, labels, x_adv, clean_logits, adv_logits, params)
 
 
@@ -397,16 +397,17 @@ def search_members(net: nn.Module, codebook: Any, x: Tensor, y: Tensor, eps: flo
     realizing the best member found, and whether the search saw that member
     misclassified (the caller checks x_adv through T and F before trusting
     it). ``meter`` is charged every forward pass before it runs; when it runs
-    out the search stops and returns what it has found so far.
+    out the search stops and returns what it has found so far. ``net`` runs in
+    the mode it is in (certify passes it in eval mode).
     """
-    net.eval()
-    x_adv, _, problem = _search(net, codebook, x, y, eps, budget, _generator(seed), meter)
-    return x_adv, problem.found, problem.forwards
+    x_adv, found, problem = _search(net, codebook, x, y, eps, budget, _generator(seed), meter)
+    return x_adv, found, problem.forwards
 
 
 def _search(net: nn.Module, codebook: Any, images: Tensor, labels: Tensor, eps: float, budget: SearchBudget,
-            generator: torch.Generator | None, meter: Meter | None = None) -> tuple[Tensor, _Best, _Problem]:
-    """The search stages of the module docstring; a meter that runs out ends them early."""
+            generator: torch.Generator | None, meter: Meter | None = None) -> tuple[Tensor, Tensor, _Problem]:
+    """The search stages of the module docstring; a meter that runs out ends them early. Returns the
+    realized best member per sample, whether it was seen misclassified, and the problem (its counts)."""
     problem = _Problem(net, codebook, images, labels, eps, budget.chunk, meter)
     n = images.shape[0]
     device = images.device
@@ -437,11 +438,10 @@ def _search(net: nn.Module, codebook: Any, images: Tensor, labels: Tensor, eps: 
         pass  # the meter ran out: what was found so far stands
     if best is None:  # out of budget before T(x) itself was evaluated
         choice = torch.zeros(n, problem.positions.shape[1], dtype=torch.int64, device=device)
-        problem.found = torch.zeros(n, dtype=torch.bool, device=device)
+        found = torch.zeros(n, dtype=torch.bool, device=device)
     else:
-        choice = best.choice
-        problem.found = best.broken.clone()
-    return _realize(problem, images, choice), best, problem
+        choice, found = best.choice, best.broken.clone()
+    return _realize(problem, images, choice), found, problem
 
 
 def _realize(problem: _Problem, x: Tensor, choice: Tensor) -> Tensor:

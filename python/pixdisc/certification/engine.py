@@ -335,25 +335,29 @@ class _Engine:
         search = self.budget.search
         if search is None or not samples:
             return [(None, 0.0, 0.0)] * len(samples)
-        from ..sx_attack import search_members
-
-        # No bigger forward batches than the engine's own: one batch is what the search can overrun a deadline by.
-        search = replace(search, chunk=min(search.chunk, self.batch_size))
         out: List[Tuple[Optional[_Record], float, float]] = []
         for g in range(0, len(samples), _SEARCH_GROUP):
             group = samples[g : g + _SEARCH_GROUP]
             started = time.monotonic()
             meter = self._meter(len(group), work, seconds, started, share=_SEARCH_SHARE)
-            x = torch.from_numpy(np.stack([s.x.reshape(self.image_shape) for s in group])).to(self.device)
-            y = torch.tensor([s.y for s in group], device=self.device)
-            x_adv, found, forwards = search_members(self.net, self.codebook, x, y, self.eps, search, _SEARCH_SEED,
-                                                    meter)
-            x_adv, found = x_adv.cpu().numpy(), found.cpu().numpy()
+            x_adv, found, forwards = self._run_search(group, search, _SEARCH_SEED, meter)
             each = (time.monotonic() - started) / len(group)
             for s, candidate, hit in zip(group, x_adv, found):
                 failure = self._checked_failure(s, candidate) if hit else None
                 out.append((failure, forwards / len(group), each))
         return out
+
+    def _run_search(self, samples: List[_Sample], search: Any, seed: int,
+                    meter: Meter) -> Tuple[np.ndarray, np.ndarray, int]:
+        """pixdisc.sx_attack.search_members on ``samples``: (x_adv, found, forward passes), charged to ``meter``."""
+        from ..sx_attack import search_members
+
+        # No bigger forward batches than the engine's own: one batch is what the search can overrun a deadline by.
+        search = replace(search, chunk=min(search.chunk, self.batch_size))
+        x = torch.from_numpy(np.stack([s.x.reshape(self.image_shape) for s in samples])).to(self.device)
+        y = torch.tensor([s.y for s in samples], device=self.device)
+        x_adv, found, forwards = search_members(self.net, self.codebook, x, y, self.eps, search, seed, meter)
+        return x_adv.cpu().numpy(), found.cpu().numpy(), forwards
 
     def _checked_failure(self, sample: _Sample, x_adv: np.ndarray) -> Optional[_Record]:
         """A "failed" record for ``x_adv`` if it is a real input within eps of x that the defended model
@@ -532,14 +536,9 @@ class _Engine:
         meter.release()
         search = self.budget.search
         if search is not None and (meter.left is None or meter.left > 0):
-            search = replace(search.scaled(_FINAL_SCALE), chunk=min(search.chunk, self.batch_size))
-            from ..sx_attack import search_members
-
-            x = torch.from_numpy(sample.x.reshape(1, *self.image_shape)).to(self.device)
-            y = torch.tensor([sample.y], device=self.device)
-            x_adv, found, _ = search_members(self.net, self.codebook, x, y, self.eps, search, _FINAL_SEED, meter)
-            if bool(found[0]):
-                failure = self._checked_failure(sample, x_adv[0].cpu().numpy())
+            x_adv, found, _ = self._run_search([sample], search.scaled(_FINAL_SCALE), _FINAL_SEED, meter)
+            if found[0]:
+                failure = self._checked_failure(sample, x_adv[0])
                 if failure is not None:
                     failure.nodes, failure.seconds, failure.tier = nodes, time.monotonic() - started, tier
                     failure.method = "s(x) search, last"
