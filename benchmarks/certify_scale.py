@@ -448,7 +448,7 @@ def _tier_cell(row: Optional[Dict[str, Any]], deadline: float) -> str:
     return f"{_secs(row['mean_seconds'])}, {_count(row['mean_work'])} fp ({row['proven']}/{row['images']})"
 
 
-# ExactOutcome.method of pixdisc.exact.decide_milp: the strongest stage an image needed.
+# ExactOutcome.method of pixdisc.certification.exact.decide_milp: the strongest stage an image needed.
 MILP_METHODS = {"bounds": "its own CROWN bounds", "lp-highs": "LP", "milp-highs": "MILP",
                 "evaluation": "evaluation", "counterexample": "a counterexample"}
 

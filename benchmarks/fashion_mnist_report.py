@@ -178,7 +178,7 @@ def best_cell(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot_sweep(data: dict[str, Any], path: Path) -> Path:
-    from pixdisc._plotting import png_figure
+    from pixdisc.report import png_figure
 
     cells = list(data["cells"].values())
     with png_figure(path, (10, 3.6)) as (fig, axes):

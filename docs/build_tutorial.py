@@ -156,7 +156,7 @@ analysis.plot_robustness_curves(grid, {"ceiling (attacked)": ceilings, "floor (c
 ## The same from the command line
 
 ```bash
-pixdisc codes -k 2 -r 0.6 -o codes.npz
+pixdisc codebook -k 2 -r 0.6 -o codes.npz
 pixdisc train --mode certified --codebook codes.npz --eps 0.3 --epochs 8 -o cert.pt
 pixdisc certify cert.pt --codebook codes.npz --eps 0.1 0.3 --limit 200
 pixdisc attack cert.pt --limit 100 --eps 0.3      # the defense recorded in cert.pt is used

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import pixdisc
-from pixdisc import _native, analysis
+from pixdisc import _native, analysis, report
 from pixdisc.candidates import log2_set_size
 from pixdisc.paper import table_iv
 
@@ -363,21 +363,21 @@ def test_plots_write_png(tmp_path):
     pytest.importorskip("matplotlib")
     rng = np.random.default_rng(10)
     paths = [
-        analysis.plot_fragmentation_cdf({"MNIST": rng.random(50) * 0.1, "CIFAR-10": rng.random(50)},
-                                        tmp_path / "fig5.png", title="Fig. 5"),
-        analysis.plot_fragmentation_cdf(rng.random(20), tmp_path / "cdf_one.png"),
-        analysis.plot_pixel_histogram(np.bincount(rng.integers(0, 256, 5000), minlength=256),
-                                      tmp_path / "fig7.png"),
-        analysis.plot_pixel_histogram(rng.integers(0, 100, size=(3, 256)), tmp_path / "hist_rgb.png"),
-        analysis.plot_neighbourhood_scatter(rng.random((3000, 3)), rng.integers(1, 10_000, 3000),
-                                            tmp_path / "fig6a.png", sample=1000),
-        analysis.plot_neighbourhood_scatter(rng.random((300, 3)), rng.integers(1, 10_000, 300),
-                                            tmp_path / "sub" / "fig6b.png", log_scale=True),
-        analysis.plot_robustness_curves([0.0, 0.1, 0.2, 0.3], {"nat_pre": [0.99, 0.2, 0.0, 0.0],
-                                                               "disc_adv_pre": [0.98, 0.97, 0.96, 0.95]},
-                                        tmp_path / "fig1.png", title="MNIST"),
+        report.plot_fragmentation_cdf({"MNIST": rng.random(50) * 0.1, "CIFAR-10": rng.random(50)},
+                                      tmp_path / "fig5.png", title="Fig. 5"),
+        report.plot_fragmentation_cdf(rng.random(20), tmp_path / "cdf_one.png"),
+        report.plot_pixel_histogram(np.bincount(rng.integers(0, 256, 5000), minlength=256),
+                                    tmp_path / "fig7.png"),
+        report.plot_pixel_histogram(rng.integers(0, 100, size=(3, 256)), tmp_path / "hist_rgb.png"),
+        report.plot_neighbourhood_scatter(rng.random((3000, 3)), rng.integers(1, 10_000, 3000),
+                                          tmp_path / "fig6a.png", sample=1000),
+        report.plot_neighbourhood_scatter(rng.random((300, 3)), rng.integers(1, 10_000, 300),
+                                          tmp_path / "sub" / "fig6b.png", log_scale=True),
+        report.plot_robustness_curves([0.0, 0.1, 0.2, 0.3], {"nat_pre": [0.99, 0.2, 0.0, 0.0],
+                                                             "disc_adv_pre": [0.98, 0.97, 0.96, 0.95]},
+                                      tmp_path / "fig1.png", title="MNIST"),
     ]
     for path in paths:
         assert path.exists() and _is_png(path), path
     with pytest.raises(ValueError):
-        analysis.plot_robustness_curves([0.1, 0.2], {"a": [0.5]}, tmp_path / "bad.png")
+        report.plot_robustness_curves([0.1, 0.2], {"a": [0.5]}, tmp_path / "bad.png")

@@ -242,11 +242,17 @@ def test_unsupported_graph_operations_are_named_with_their_place():
         interval_bounds(training, torch.zeros(1, 2, 6, 6, dtype=DT), torch.zeros(1, 2, 6, 6, dtype=DT))
 
 
-def test_exact_stage_refuses_graph_models():
-    from pixdisc.exact import _layers
+def test_exact_stage_takes_the_bounds_graph_of_a_residual_network():
+    # The exact stage encodes the graph the bound tiers trace, residual adds included (it once refused them).
+    from pixdisc.certification.exact.validate import validate
 
-    with pytest.raises(NotImplementedError, match="PreActResNet"):
-        _layers(cifar_resnet(depth=10, width=2).eval())
+    net = cifar_resnet(depth=10, width=2).eval()
+    codes = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], np.float32)
+    base = np.zeros((3, 32 * 32), np.float32)
+    positions = np.array([0, 5], np.int64)
+    candidates = [np.array([0, 1], np.int64), np.array([1, 0], np.int64)]
+    problem = validate(net, base, positions, candidates, codes, 0, None, (3, 32, 32))
+    assert any(op.kind == "add" for op in problem.graph.ops)
 
 
 # --------------------------------------------------------------------------- the CIFAR ResNet

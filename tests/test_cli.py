@@ -274,8 +274,8 @@ def test_interrupted_demo_says_rerunning_resumes_and_it_does(monkeypatch, tmp_pa
     tiny = QUICK_CONFIG.replace(settings=("nat_pre", "disc_nat_pre"), attacks=("pgd_ce",), n_train=200, n_test=20,
                                 eval_batch_size=20, curve_eps=())
 
-    def tiny_demo(out_dir, *, quick=False, seed=0, progress=True):
-        return experiment_run.run_experiment(tiny.replace(seed=seed), out_dir, progress=progress)
+    def tiny_demo(out_dir, *, quick=False, seed=0, progress=True, suite="adaptive"):
+        return experiment_run.run_experiment(tiny.replace(seed=seed, suite=suite), out_dir, progress=progress)
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

@@ -9,9 +9,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("scipy.optimize")
 from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
 
-from pixdisc import exact  # noqa: E402
-from pixdisc.exact import decide_milp  # noqa: E402
+from pixdisc.certification.exact import decide_milp  # noqa: E402
+from pixdisc.certification.exact import decide as exact_decide  # noqa: E402
+from pixdisc.certification.exact import solve as exact_solve  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -42,6 +44,46 @@ def _conv_bn_avg(channels, side, classes=3):
 def _conv_maxpool(channels, side, classes=3):
     return nn.Sequential(nn.Conv2d(channels, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                          nn.Linear(3 * (side // 2) ** 2, classes))
+
+
+class _Residual(nn.Module):
+    """A traced graph: conv, eval-mode batch norm, functional ReLU, a residual add around a second conv, average
+    pooling, a flatten method and a linear head."""
+
+    def __init__(self, channels, side, classes=3):
+        super().__init__()
+        self.stem = nn.Conv2d(channels, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.body = nn.Conv2d(3, 3, 3, padding=1)
+        self.pool = nn.AvgPool2d(2)
+        self.head = nn.Linear(3 * (side // 2) ** 2, classes)
+        with torch.no_grad():
+            self.stem.weight.mul_(4.0)  # sensitive to single pixels: some samples are not robust
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.stem(x)))
+        h = h + torch.relu(self.body(h))
+        return self.head(self.pool(h).flatten(1))
+
+
+class _Branches(nn.Module):
+    """A traced graph: torch.cat of a ReLU branch and a linear one, max pooling with ceil_mode (windows that
+    overhang the image), view, and two heads added."""
+
+    def __init__(self, channels, side, classes=3):
+        super().__init__()
+        self.a = nn.Conv2d(channels, 2, 3, padding=1)
+        self.b = nn.Conv2d(channels, 2, 1)
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+        pooled = 4 * ((side + 1) // 2) ** 2
+        self.fc = nn.Linear(pooled, 6)
+        self.out = nn.Linear(6, classes)
+        self.skip = nn.Linear(pooled, classes)
+
+    def forward(self, x):
+        h = torch.cat([F.relu(self.a(x)), self.b(x)], 1)
+        h = self.pool(h).view(x.shape[0], -1)
+        return self.out(F.relu(self.fc(h))) + self.skip(h)
 
 
 def _build(make, channels, side, seed):
@@ -109,7 +151,14 @@ _CONFIGS = [
     (_conv_maxpool, "k2", 4, 10, 2),
     (_conv, "rgb4", 6, 6, 3),
     (_mlp, "rgb4", 4, 6, 3),
+    # Graphs the bound tiers trace with torch.fx (last, so the samples above stay as they were).
+    (_Residual, "k3", 4, 8, 3),
+    (_Residual, "k2", 6, 12, 2),
+    (_Residual, "rgb4", 4, 6, 3),
+    (_Branches, "k2", 5, 10, 2),
+    (_Branches, "k3", 5, 7, 3),
 ]
+_GRAPHS = ("_Residual", "_Branches")
 _SAMPLES_PER_CONFIG = 5
 
 
@@ -128,10 +177,12 @@ def _cases():
 
 
 def _check_against_enumeration():
-    """Run every case; assert each verdict against enumeration; return the tallies."""
+    """Run every case; assert each verdict against enumeration; return the tallies, the (status, method)
+    pairs, and the statuses on the traced graphs."""
     tally = {"certified": 0, "counterexample": 0, "unknown": 0}
     robust_count = 0
     methods = set()
+    on_graphs = set()
     for name, net, codes, shape, base_codes, positions, candidates, y in _cases():
         members = _members(base_codes, positions, candidates)
         wrong = _logits(net, codes, members, shape).argmax(1) != y
@@ -147,19 +198,24 @@ def _check_against_enumeration():
             assert _in_set(out.z_codes, base_codes, positions, candidates), f"{name}: counterexample outside S(x)"
             assert _logits(net, codes, out.z_codes[None], shape)[0].argmax() != y
         methods.add((out.status, out.method))
+        if name.startswith(_GRAPHS):
+            on_graphs.add((out.status, out.method))
     total = sum(tally.values())
     assert total == len(_CONFIGS) * _SAMPLES_PER_CONFIG
-    # Both kinds occur (here 35 robust, 10 not), and nearly everything is decided (here all).
+    # Both kinds occur (here 49 robust, 21 not), and nearly everything is decided (here all).
     assert 0 < robust_count < total
     assert tally["certified"] > 0 and tally["counterexample"] > 0
     assert tally["unknown"] <= total // 20, tally
-    return tally, methods
+    return tally, methods, on_graphs
 
 
 def test_decisions_agree_with_enumeration():
-    tally, methods = _check_against_enumeration()
+    tally, methods, on_graphs = _check_against_enumeration()
     # Every stage took part in some proof.
     assert {("certified", m) for m in ("bounds", "lp-highs", "milp-highs")} <= methods, methods
+    # The traced graphs (residual add, batch norm, cat, pooling) are decided both ways, past the bounds too.
+    assert {s for s, _ in on_graphs} == {"certified", "counterexample"}, on_graphs
+    assert {m for _, m in on_graphs} & {"lp-highs", "milp-highs"}, on_graphs
 
 
 def test_branch_and_bound_alone_agrees_with_enumeration(monkeypatch):
@@ -168,11 +224,12 @@ def test_branch_and_bound_alone_agrees_with_enumeration(monkeypatch):
     def no_lp(*args, **kwargs):
         raise RuntimeError("LP stage switched off for this test")
 
-    monkeypatch.setattr(exact, "_crown_margins", lambda *args: None)
-    monkeypatch.setattr(exact, "_crown_nodes", lambda *args: None)
-    monkeypatch.setattr(exact, "linprog", no_lp)
-    tally, methods = _check_against_enumeration()
+    monkeypatch.setattr(exact_decide, "crown_margins", lambda *args: None)
+    monkeypatch.setattr(exact_decide, "crown_value_bounds", lambda *args: None)
+    monkeypatch.setattr(exact_solve, "linprog", no_lp)
+    tally, methods, on_graphs = _check_against_enumeration()
     assert ("counterexample", "milp-highs") in methods and ("certified", "milp-highs") in methods, methods
+    assert ("counterexample", "milp-highs") in on_graphs and ("certified", "milp-highs") in on_graphs, on_graphs
 
 
 def test_milp_optimum_is_the_enumerated_minimum():
@@ -235,8 +292,8 @@ def test_infeasible_report_is_not_a_proof(monkeypatch):
     name, net, codes, shape, base_codes, positions, candidates, y = _non_robust_case()
     infeasible = SimpleNamespace(status=2, message="infeasible", x=None, fun=None, mip_dual_bound=None,
                                  mip_node_count=0, ineqlin=None, eqlin=None)
-    monkeypatch.setattr(exact, "milp", lambda *a, **k: infeasible)
-    monkeypatch.setattr(exact, "linprog", lambda *a, **k: infeasible)
+    monkeypatch.setattr(exact_solve, "milp", lambda *a, **k: infeasible)
+    monkeypatch.setattr(exact_solve, "linprog", lambda *a, **k: infeasible)
     out = decide_milp(net, codes[base_codes].T.reshape(shape), positions, candidates, codes, y, margin_tolerance=1e9)
     assert out.status == "unknown" and "infeasible" in out.reason
 
@@ -251,7 +308,7 @@ def test_lp_bound_is_recomputed_not_trusted(monkeypatch):
                                ineqlin=SimpleNamespace(marginals=rng.normal(size=A_ub.shape[0])),
                                eqlin=SimpleNamespace(marginals=rng.normal(size=A_eq.shape[0])))
 
-    monkeypatch.setattr(exact, "linprog", lying_linprog)
+    monkeypatch.setattr(exact_solve, "linprog", lying_linprog)
     out = decide_milp(net, codes[base_codes].T.reshape(shape), positions, candidates, codes, y)
     assert out.status == "counterexample"
 
@@ -267,7 +324,8 @@ def test_safe_lp_bound_holds_for_any_multipliers():
     points = rng.dirichlet(np.ones(4), size=2000)  # on sum x = 1, inside the box
     b_ub = (A_ub @ points.T).max(1) + 0.1  # every point feasible
     for _ in range(50):
-        bound = exact._safe_lp_bound(c, A_ub, b_ub, A_eq, np.ones(1), lb, ub, rng.normal(size=6), rng.normal(size=1))
+        multipliers = rng.normal(size=6), rng.normal(size=1)
+        bound = exact_solve.safe_lp_bound(c, A_ub, b_ub, A_eq, np.ones(1), lb, ub, *multipliers)
         assert bound <= (points @ c).min() + 1e-12
 
 
@@ -290,6 +348,90 @@ def test_unsupported_layer_raises_naming_it():
     train_bn = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).train()
     with pytest.raises(NotImplementedError, match="eval mode"):
         decide_milp(train_bn, codes[base_codes].T.reshape(1, 4, 4), np.array([0]), [np.array([0, 1])], codes, 0)
+
+
+class _Gated(nn.Module):
+    """Multiplies by a sigmoid: an op neither the bounds nor the program take."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = x.flatten(1)
+        return self.fc(h * torch.sigmoid(h))
+
+
+def test_unsupported_operation_is_refused_from_one_place():
+    """What the bounds' graph refuses, decide_milp refuses with one error that names the operation and where
+    it is; the certification engine's exact stage turns it into its reason, never a verdict."""
+    from pixdisc.certification.exact.stage import exact_outcome
+
+    codes = _CODES["k2"]
+    base_codes = np.zeros(16, np.int32)
+    image = codes[base_codes].T.reshape(1, 4, 4)
+    args = (image, np.array([0, 5]), [np.array([0, 1])] * 2, codes, 0)
+    with pytest.raises(NotImplementedError, match=r"decide_milp cannot encode _Gated: .*sigmoid.*test_exact\.py"):
+        decide_milp(_Gated().eval(), *args)
+    hooked = _build(_mlp, 1, 4, seed=0)
+    handle = hooked[1].register_forward_hook(lambda module, inputs, output: output * 2)
+    with pytest.raises(NotImplementedError, match="decide_milp cannot encode Sequential: .*forward hooks"):
+        decide_milp(hooked, *args)
+    handle.remove()
+    outcome, why = exact_outcome(_Gated().eval(), image.reshape(-1), args[1], args[2], codes, 0, base_codes,
+                                 (1, 4, 4), 1, 5.0, None, 1e-4)
+    assert outcome is None and why.startswith("exact stage: decide_milp cannot encode _Gated") and "sigmoid" in why
+
+
+def test_program_uses_the_bounds_of_the_same_graph():
+    """The program's big-M constants come from the bound tiers' own values of the graph it encodes (the public
+    bounds.value_bounds), and every one of them contains the witness."""
+    from pixdisc.bounds import value_bounds
+    from pixdisc.certification.exact.validate import validate
+
+    name, net, codes, shape, base_codes, positions, candidates, y = _one_case(len(_CONFIGS) - 5)
+    assert name == "_Residual-k3"
+    problem = validate(net, codes[base_codes].T.reshape(shape), positions, candidates, codes, y, None, None)
+    assert {op.kind for op in problem.graph.ops} >= {"add", "layer"}
+    lower, upper = problem.box()
+    bounds = exact_decide.crown_value_bounds(problem, lower, upper)
+    assert bounds is not None and len(bounds) == len(problem.graph.ops)
+    graph, values = value_bounds(net, torch.from_numpy(lower.reshape((1,) + shape)),
+                                 torch.from_numpy(upper.reshape((1,) + shape)), dtype=torch.float64)
+    assert graph is problem.graph
+    witness = torch.from_numpy(codes[problem.z0].T.reshape((1,) + shape).copy())
+    with torch.no_grad():
+        inner = [witness]
+        for op in graph.ops[1:]:  # the witness's own value at every op, from the net's modules
+            if op.kind == "layer":
+                inner.append(op.module(inner[op.inputs[0]]))
+            elif op.kind == "add":
+                inner.append(inner[op.inputs[0]] + inner[op.inputs[1]])
+            else:
+                assert op.kind == "reshape", op.kind
+                inner.append(inner[op.inputs[0]].reshape((1,) + op.shape))
+    for (lo, hi), value in zip(values, inner):
+        assert (lo <= value.double() + 1e-6).all() and (value.double() <= hi + 1e-6).all()
+
+
+@pytest.mark.parametrize("pool", [
+    nn.MaxPool2d(2), nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(3, stride=2, padding=1),
+    nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), nn.MaxPool2d((2, 3), stride=(1, 2), dilation=(2, 1)),
+    nn.MaxPool2d(3, stride=3, padding=1, ceil_mode=True),
+])
+@pytest.mark.parametrize("side", [5, 6, 7])
+def test_pool_windows_reproduce_the_layer(pool, side):
+    """Max over the program's windows (padding left out) equals the layer on random planes, ceil_mode included."""
+    from pixdisc.certification.exact.program import pool_windows
+
+    shape = (2, side, side)
+    windows, out_shape = pool_windows(pool, shape)
+    planes = torch.randn((1,) + shape, dtype=torch.float64, generator=torch.Generator().manual_seed(side))
+    flat = planes.reshape(2, -1).numpy()
+    expect = pool(planes)[0]
+    assert tuple(expect.shape) == out_shape
+    got = np.array([[flat[ch, w[w >= 0]].max() for w in windows] for ch in range(2)])
+    np.testing.assert_array_equal(got, expect.reshape(2, -1).numpy())
 
 
 def test_inconsistent_inputs_are_rejected():

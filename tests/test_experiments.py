@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("torch")
 from pixdisc import cli
-from pixdisc.attacks import SUITE
+from pixdisc.attacks import ADAPTIVE_ORDER, GRADIENT_ORDER, SUITE
 from pixdisc.experiments import (
     DEMO_CONFIG,
     FULL_SCALE_TRAINING,
@@ -67,16 +67,17 @@ def test_demo_quick_runs_fast_and_reports(quick_demo):
             assert row["floor"] <= row["ceiling"]
             assert row["certified"] + row["broken"] + row["undecided"] == row["n"]
     # The S(x) search and Square run on the discretized settings only; certify's column too.
-    assert list(report["settings"]["disc_nat_pre"]["robust_after"]) == [*SUITE, "certify"]
-    assert list(report["settings"]["nat_pre"]["robust_after"]) == ["pgd_ce", "pgd_cw", "adam_sign", "apgd_ce",
-                                                                   "apgd_dlr"]
+    # The demo's adaptive suite: the S(x) searches and Square first, then the BPDA gradient attacks.
+    assert list(report["settings"]["disc_nat_pre"]["robust_after"]) == [*ADAPTIVE_ORDER, "certify"]
+    assert list(report["settings"]["nat_pre"]["robust_after"]) == list(GRADIENT_ORDER)
     assert report["settings"]["nat_pre"]["floor"] is None
     assert report["codebook"]["codes_255"] == [[0], [253]]
     assert report["checks"]["codes_as_expected"]["passed"] is True
     # One unit in the file: the paper's percentages converted to fractions like ours.
     assert report["paper"]["settings"]["disc_adv_pre"] == {"clean_accuracy": 0.9817, "robust_accuracy": 0.9724}
     assert report["attack"]["eps"] == 0.3
-    assert [a["name"] for a in report["attack"]["attacks"]] == list(SUITE)
+    assert [a["name"] for a in report["attack"]["attacks"]] == list(ADAPTIVE_ORDER)
+    assert report["attack"]["suite"] == "adaptive"
     assert set(report["versions"]) >= {"pixdisc", "torch", "numpy", "python"}
     assert report["timings"]["total"] > 0
 

@@ -11,7 +11,7 @@ import pytest
 
 import pixdisc
 from pixdisc._files import atomic_write, file_kind, numpy_load_error, write_text
-from pixdisc._plotting import png_figure, pyplot
+from pixdisc.report.figure import png_figure, pyplot
 
 
 def _mode(path):

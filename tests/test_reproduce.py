@@ -123,7 +123,7 @@ def test_missing_fashion_mnist_is_reported(tmp_path, monkeypatch):
         raise datasets.DatasetNotFoundError("fashion_mnist: not here. Install dataset-fashion-mnist",
                                             searched=[tmp_path])
 
-    monkeypatch.setattr(datasets, "load_fashion_mnist", absent)
+    monkeypatch.setattr(datasets.registry, "load_fashion_mnist", absent)
     result = reproduce("fig7", tmp_path / "out", quick=True, progress=False)
     statuses = {entry["dataset"]: entry["status"] for entry in result["entries"]}
     assert statuses == {"mnist": "ok", "fashion_mnist": "missing"}

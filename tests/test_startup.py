@@ -25,19 +25,19 @@ def cache(tmp_path, monkeypatch):
     """An empty cache folder and an empty in-process memo, restored afterwards."""
     folder = tmp_path / "cache"
     monkeypatch.setenv("PIXDISC_CACHE_DIR", str(folder))
-    monkeypatch.setattr(datasets, "_MEMO", {})
+    monkeypatch.setattr(datasets.cache, "_MEMO", {})
     return folder
 
 
 def _count_decodes(monkeypatch, decoder: str) -> list[int]:
     calls: list[int] = []
-    real = getattr(datasets, decoder)
+    real = getattr(datasets.embedded, decoder)
 
     def counting():
         calls.append(1)
         return real()
 
-    monkeypatch.setattr(datasets, decoder, counting)
+    monkeypatch.setattr(datasets.embedded, decoder, counting)
     return calls
 
 
@@ -61,7 +61,7 @@ def test_second_load_reads_the_cache_not_the_decoder(cache, monkeypatch, name, d
     assert len(files) == 1, files
     # Same process: the memo answers; a new process (memo emptied): the file answers.
     _assert_same(_load(name), first)
-    monkeypatch.setattr(datasets, "_MEMO", {})
+    monkeypatch.setattr(datasets.cache, "_MEMO", {})
     _assert_same(_load(name), first)
     assert len(calls) == 1
 
@@ -76,7 +76,7 @@ def test_corrupt_or_stale_cache_is_ignored_and_rewritten(cache, monkeypatch):
     good = path.read_bytes()
 
     def reload() -> datasets.Dataset:
-        monkeypatch.setattr(datasets, "_MEMO", {})
+        monkeypatch.setattr(datasets.cache, "_MEMO", {})
         return _load(name)
 
     # Truncated, garbage, and a well-formed file whose pixels were changed (content hash

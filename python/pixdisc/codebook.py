@@ -15,6 +15,7 @@ import numpy as np
 from . import _native
 from ._files import atomic_write, file_kind, numpy_load_reason
 from .pixels import as_pixels, histogram_of
+from .profiles import CERTIFIED_CODEBOOKS, dataset_key
 
 __all__ = [
     "Codebook",
@@ -485,26 +486,12 @@ def _unreadable(path: Path, error: BaseException) -> str:
     return numpy_load_reason(error)
 
 
-# The codes to certify with, per data set (certified training and `certify`), as opposed to the paper's
-# codes above. Fashion-MNIST: the codebook sweep of benchmarks/fashion_mnist.md (k in 2..8 x density,
-# k-medoids, uniform, each certified-trained and certified at eps 0.1) certified most with k-medoids
-# k=4 ({0, 86, 161, 218}/255); k=3..6 density and k=3..4 k-medoids are within its 95% interval, k=2
-# leaves less clean accuracy, k=8 makes every pixel ambiguous. MNIST: the paper's Algorithm 1 codes,
-# which certify 95.5% at eps 0.1 (benchmarks/certify_mnist.md).
-CERTIFIED_CODEBOOKS: Dict[str, Dict[str, Any]] = {
-    "fashion_mnist": {"method": "kmedoids", "k": 4},
-    "mnist": {"method": "density", "k": 2, "r": 0.6},
-    "mnist5k": {"method": "density", "k": 2, "r": 0.6},
-}
-
-
 def certified_codebook(dataset: str, x_train: Any) -> Codebook:
     """The codebook :data:`CERTIFIED_CODEBOOKS` recommends for ``dataset``, fitted on ``x_train`` (NHWC)."""
-    key = dataset.strip().lower().replace("-", "_")
-    if key not in CERTIFIED_CODEBOOKS:
+    spec = CERTIFIED_CODEBOOKS.get(dataset_key(dataset))
+    if spec is None:
         raise ValueError(f"no recommended codes for certification on {dataset!r}; known: "
                          f"{', '.join(CERTIFIED_CODEBOOKS)}")
-    spec = CERTIFIED_CODEBOOKS[key]
     if spec["method"] == "kmedoids":
         return KMedoidsCodebook(spec["k"], metric="l1", random_state=0).fit(x_train)
     if spec["method"] == "uniform":

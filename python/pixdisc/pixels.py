@@ -16,8 +16,9 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from . import _native
+from ._files import numpy_load_error
 
-__all__ = ["PixelView", "as_pixels", "pixel_histogram", "histogram_of", "is_torch_tensor"]
+__all__ = ["PixelView", "as_pixels", "pixel_histogram", "histogram_of", "is_torch_tensor", "load_pixel_file"]
 
 _FLOAT_KINDS = ("float16", "float32", "float64", "bfloat16")
 
@@ -159,3 +160,15 @@ def histogram_of(view: PixelView) -> Tuple[np.ndarray, np.ndarray]:
     """:func:`pixel_histogram` of an already validated view (CUDA data is counted on its GPU when it can be)."""
     values, counts, _ = _native.histogram(view.data.reshape(-1), view.outer, view.channels, view.inner)
     return values, counts
+
+
+def load_pixel_file(path: Any) -> Any:
+    """The array of a .npy file (or the arrays of a .npz), read without ever unpickling.
+
+    A ``ValueError`` says what is wrong with the file and what to pass instead;
+    a missing file raises ``FileNotFoundError``.
+    """
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(numpy_load_error(path, exc)) from exc

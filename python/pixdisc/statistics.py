@@ -1,13 +1,15 @@
-"""Confidence bounds on accuracies: lower bounds on a certified fraction (Proposition 2 of the 2019 paper, done
-right) and the two-sided interval reports print beside every accuracy."""
+"""Statistics the reports print: lower bounds on a certified fraction (Proposition 2 of the 2019 paper, done
+right), the two-sided interval beside every accuracy, and empirical CDFs."""
 
 from __future__ import annotations
 
 import math
-from typing import Dict
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
 
 __all__ = ["hoeffding_lower", "clopper_pearson_lower", "clopper_pearson_interval", "paper_lower",
-           "certified_fraction_bounds"]
+           "certified_fraction_bounds", "accuracy_interval", "with_intervals", "empirical_cdf"]
 
 
 def _check(successes: int, m: int, delta: float) -> None:
@@ -70,3 +72,31 @@ def certified_fraction_bounds(successes: int, m: int, delta: float) -> Dict[str,
         "clopper_pearson": clopper_pearson_lower(successes, m, delta),
         "paper_formula": paper_lower(successes, m, delta),
     }
+
+
+def accuracy_interval(value: Optional[float], n: Optional[int], confidence: float = 0.95) -> Optional[list[float]]:
+    """Clopper-Pearson interval of an accuracy measured on ``n`` images (None when there is none)."""
+    if value is None or not n or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return [round(end, 6) for end in clopper_pearson_interval(int(round(value * n)), int(n), confidence)]
+
+
+def with_intervals(result: Mapping[str, Any]) -> dict[str, Any]:
+    """``result`` with ``ci95`` beside every accuracy of every setting (clean, each attack column, ceiling, floor)."""
+    out = dict(result)
+    settings = {}
+    for name, row in result.get("settings", {}).items():
+        n = row.get("n")
+        ci = {key: accuracy_interval(row.get(key), n) for key in ("clean_accuracy", "robust_accuracy", "floor")}
+        ci["robust_after"] = {attack: accuracy_interval(value, n)
+                              for attack, value in row.get("robust_after", {}).items()}
+        settings[name] = {**row, "ci95": ci}
+    out["settings"] = settings
+    return out
+
+
+def empirical_cdf(values: Any) -> Tuple[np.ndarray, np.ndarray]:
+    """Empirical CDF: ``(sorted values, fraction of values <= each)``; NaNs are dropped."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    v = np.sort(v[~np.isnan(v)])
+    return v, np.arange(1, v.size + 1, dtype=np.float64) / max(v.size, 1)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from .attacks import pgd_perturb
 from .attacks.base import _as_images, _as_labels, _derive_seed
 from .models import _atomic_torch_save, _safe_torch_load, build_model
+from .profiles import PAPER_TRAINING  # the paper's recipes, kept importable from here
 
 __all__ = [
     "PAPER_TRAINING",
@@ -30,24 +31,6 @@ __all__ = [
 ]
 
 SETTINGS = ("nat_pre", "adv_pre", "disc_nat_pre", "disc_adv_pre", "disc_nat_re", "disc_adv_re")
-
-# Madry et al.'s training recipes, which the 2019 paper reuses (Section II-F);
-# Fashion-MNIST uses MNIST's with a 20-step eps=0.1 attack. Madry's MNIST runs
-# 100k steps at lr 1e-4; for a few epochs on a small subset lr=1e-3 (our
-# default) converges much faster. Madry's CIFAR-10 schedule divides the lr by
-# 10 at 50% and 75% of training: pass lr_milestones accordingly.
-PAPER_TRAINING: dict[str, dict[str, Any]] = {
-    "mnist": {
-        "eps": 0.3, "attack_steps": 40, "step_size": 0.01, "optimizer": "adam", "lr": 1e-4, "batch_size": 50,
-    },
-    "fashion_mnist": {
-        "eps": 0.1, "attack_steps": 20, "step_size": 0.01, "optimizer": "adam", "lr": 1e-4, "batch_size": 50,
-    },
-    "cifar10": {
-        "eps": 8 / 255, "attack_steps": 7, "step_size": 2 / 255, "optimizer": "sgd", "lr": 0.1,
-        "momentum": 0.9, "weight_decay": 2e-4, "batch_size": 128,
-    },
-}
 
 CHECKPOINT_FORMAT = "pixdisc-train-checkpoint"
 CHECKPOINT_VERSION = 1

@@ -236,6 +236,24 @@ class AttackResult:
         )
 
 
-# ----------------------------------------------------------------------------
-# The shared attack loop
-
+def result_from_inputs(x: Tensor, y: Tensor, x_adv: Tensor, clean_logits: Tensor, adv_logits: Tensor,
+                       params: dict[str, Any]) -> AttackResult:
+    """The AttackResult of checked adversarial inputs, success judged by the model's own logits on them."""
+    clean_pred = clean_logits.argmax(dim=1)
+    # A misclassified clean point counts as broken with no perturbation, as in pgd.
+    use_clean = clean_pred != y
+    x_adv = torch.where(use_clean.view(-1, *([1] * (x.ndim - 1))), x, x_adv)
+    adv_logits = torch.where(use_clean[:, None], clean_logits, adv_logits)
+    adv_pred = adv_logits.argmax(dim=1)
+    margin = cw_margin_loss(adv_logits, y)
+    return AttackResult(
+        x_adv=x_adv,
+        success=adv_pred != y,
+        clean_correct=clean_pred == y,
+        adv_correct=adv_pred == y,
+        clean_pred=clean_pred,
+        adv_pred=adv_pred,
+        loss=margin,
+        margin=margin,
+        params=params,
+    )

@@ -13,14 +13,14 @@ computation), ``tunables`` (chunk size, slope optimisation).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from . import tunables
 from .crown import _Propagator
-from .graph import SUPPORTED_LAYERS, SUPPORTED_OPERATIONS
+from .graph import SUPPORTED_LAYERS, SUPPORTED_OPERATIONS, Graph, Op, build_graph
 from .graph import _flatten_net  # the layer list of a Sequential, for tests
 from .meter import BudgetExhausted, Meter
 from .tiers import TIERS, Escalation, check_tier, escalate, margin_matrix
@@ -33,7 +33,10 @@ __all__ = [
     "TIERS",
     "BudgetExhausted",
     "Escalation",
+    "Graph",
     "Meter",
+    "Op",
+    "build_graph",
     "certified_by_bounds",
     "crown_bounds",
     "escalate",
@@ -41,6 +44,7 @@ __all__ = [
     "margin_lower_bound",
     "margin_matrix",
     "tunables",
+    "value_bounds",
 ]
 
 
@@ -124,6 +128,32 @@ def crown_bounds(
             ibp_lower, ibp_upper = prop.ibp_nodes()[-1]
             out_lower, out_upper = torch.maximum(out_lower, ibp_lower), torch.minimum(out_upper, ibp_upper)
     return out_lower, out_upper
+
+
+def value_bounds(
+    net: nn.Module,
+    lower: Tensor,
+    upper: Tensor,
+    *,
+    intermediate: str = "crown",
+    dtype: Optional[torch.dtype] = None,
+) -> Tuple[Graph, List[Tuple[Tensor, Tensor]]]:
+    """The graph of ``net`` (``build_graph``) and bounds of every value in it over ``lower <= x <= upper``.
+
+    Value ``v`` is the output of ``graph.ops[v]`` (0 the input, the last the
+    output); its bounds are shaped (N, *per-sample shape). With
+    ``intermediate="crown"`` they are the ones ``crown_bounds`` builds its
+    relaxations on: intervals, tightened by CROWN at the inputs of ReLUs and
+    max-pools where that can help; ``"ibp"`` gives the interval pass alone.
+    ``dtype`` and the floating-point caveat as in ``interval_bounds``.
+    """
+    prop = _Propagator(net, lower, upper, dtype)
+    if intermediate == "ibp":
+        return prop.graph, list(prop.ibp_nodes())
+    if intermediate != "crown":
+        raise ValueError(f"intermediate must be 'crown' or 'ibp', got {intermediate!r}")
+    nodes, _ = prop.crown_nodes("crown")
+    return prop.graph, list(nodes)
 
 
 def margin_lower_bound(

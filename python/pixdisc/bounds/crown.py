@@ -48,7 +48,7 @@ class _Propagator:
 
     Values are numbered as the graph's ops: ``nodes[v]`` bounds value ``v``
     (0 the input, the last the output). For a Sequential network value ``i``
-    is the input of layer ``i``, and ``layers`` lists the layers.
+    is the input of layer ``i``.
     """
 
     def __init__(
@@ -95,10 +95,6 @@ class _Propagator:
     def _charge(self, elements: int, where: str = "") -> None:
         if self.meter is not None:
             self.meter.charge(elements / self.unit, f"{self.phase}{where}")
-
-    @property
-    def layers(self) -> List[nn.Module]:
-        return self.graph.layers
 
     # -- interval pass
 

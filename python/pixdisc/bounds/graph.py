@@ -58,14 +58,6 @@ class Graph:
         for value, op in enumerate(ops):
             for source in op.inputs:
                 self.consumers[source].append(value)
-        self.chain = all(op.kind == "layer" and op.inputs == (v - 1,) for v, op in enumerate(ops) if v)
-
-    @property
-    def layers(self) -> List[nn.Module]:
-        """The layers in order, for a chain (a Sequential network); the MILP stage encodes only those."""
-        if not self.chain:
-            raise ValueError("the network is a graph (residual add, cat or reshape), not a chain of layers")
-        return [op.module for op in self.ops[1:]]
 
     def modules(self) -> List[nn.Module]:
         return [op.module for op in self.ops if op.module is not None]

@@ -27,7 +27,9 @@ checkpoint so a killed run resumes with nothing lost or repeated.
 Layout: ``result`` (what a run returns, per-sample records), ``engine`` (one
 chunk of samples: candidate sets, bounds, branching, enumeration,
 counterexamples), ``checkpoint`` (the JSON-lines file), ``schedule`` (the
-``certify`` driver: input checks, sharding over executors, progress).
+``certify`` driver: input checks, sharding over executors, progress),
+``exact`` (the exact final stage: ``exact.decide_milp``, a mixed-integer
+program over S(x) on the bounds' graph, solved by HiGHS).
 """
 
 from .result import BOUNDS, MODES, OUTCOMES, Budget, CertifyResult

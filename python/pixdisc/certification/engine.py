@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .. import _native
 from ..bounds import TIERS, BudgetExhausted, Meter, escalate
@@ -330,7 +330,7 @@ class _Engine:
 
     def _search(self, samples: List[_Sample], work: float, seconds: float
                 ) -> List[Tuple[Optional[_Record], float, float]]:
-        """The S(x) search (pixdisc.sx_attack) on ``samples``, which spent ``work`` and ``seconds`` each:
+        """The S(x) search (pixdisc.attacks.sx) on ``samples``, which spent ``work`` and ``seconds`` each:
         per sample (a failed record with a checked counterexample or None, its work, its seconds)."""
         search = self.budget.search
         if search is None or not samples:
@@ -349,8 +349,8 @@ class _Engine:
 
     def _run_search(self, samples: List[_Sample], search: Any, seed: int,
                     meter: Meter) -> Tuple[np.ndarray, np.ndarray, int]:
-        """pixdisc.sx_attack.search_members on ``samples``: (x_adv, found, forward passes), charged to ``meter``."""
-        from ..sx_attack import search_members
+        """pixdisc.attacks.sx.search_members on ``samples``: (x_adv, found, forward passes), charged to ``meter``."""
+        from ..attacks.sx import search_members
 
         # No bigger forward batches than the engine's own: one batch is what the search can overrun a deadline by.
         search = replace(search, chunk=min(search.chunk, self.batch_size))
@@ -547,30 +547,19 @@ class _Engine:
 
     def _exact_stage(self, sample: _Sample, nodes: int, started: float, meter: Meter, reason: str,
                      tier: str = "") -> _Record:
-        """Bounds and branching ran out: decide by a mixed-integer program when the budget allows, else unable.
-
-        The program gets ``exact_seconds`` of HiGHS's time, capped by the seconds the image has left."""
+        """Bounds and branching ran out: decide by a mixed-integer program when the budget allows, else unable
+        (``exact.stage``: ``exact_seconds`` of HiGHS's time, capped by the seconds the image has left)."""
         unable = self._unable(sample, nodes, started, reason, tier)
-        seconds = self.budget.exact_seconds
-        if meter.deadline is not None:
-            seconds = min(seconds, meter.deadline - time.monotonic())
         if self.budget.exact_seconds <= 0:
             return unable
-        if seconds <= 0:
-            unable.reason += "; no seconds left for the exact stage"
-            return unable
-        if self.code_channels != self.image_shape[0]:
-            unable.reason += "; the exact stage needs a codebook with the images' channels"
-            return unable
-        from ..exact import decide_milp
+        from .exact.stage import exact_outcome  # SciPy, only when the stage runs
 
-        try:
-            outcome = decide_milp(self.net, self._image(sample, sample.base_codes), sample.positions,
-                                  sample.candidates, self._codes, sample.y, time_limit=seconds,
-                                  margin_tolerance=_MARGIN_TOLERANCE, base_codes=sample.base_codes,
-                                  image_shape=self.image_shape)
-        except NotImplementedError as error:  # a layer the program cannot encode
-            unable.reason += f"; exact stage: {error}"
+        outcome, skipped = exact_outcome(self.net, self._image(sample, sample.base_codes), sample.positions,
+                                         sample.candidates, self._codes, sample.y, sample.base_codes,
+                                         self.image_shape, self.code_channels, self.budget.exact_seconds,
+                                         meter.deadline, _MARGIN_TOLERANCE)
+        if outcome is None:
+            unable.reason += f"; {skipped}"
             return unable
         if outcome.status == "certified":
             return _Record(sample.index, "certified", sample.log2_size, len(sample.positions), nodes,
@@ -578,7 +567,7 @@ class _Engine:
         if outcome.status == "counterexample":
             return self._failed(sample, outcome.z_codes.astype(np.int32), nodes, started)
         unable.seconds = time.monotonic() - started
-        unable.reason += f"; exact stage: {getattr(outcome, 'reason', '') or outcome.status}"
+        unable.reason += f"; exact stage: {outcome.reason or outcome.status}"
         return unable
 
     def _split(self, sample: _Sample, allowed: List[np.ndarray], lower: np.ndarray, upper: np.ndarray,

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from ..statistics import certified_fraction_bounds
-from ..sx_attack import SearchBudget
+from ..attacks.sx import SearchBudget
 
 OUTCOMES = ("certified", "failed", "unable")
 MODES = ("bab", "paper")
@@ -38,10 +38,10 @@ class Budget:
     work: Optional[float] = None
     leaf_log2: float = 10.0  # enumerate nodes with log2|S| at most this (<= 1024 images)
     # Exact final stage for samples the budget leaves open: a mixed-integer program over S(x)
-    # (pixdisc.exact, SciPy's HiGHS) with this many seconds of HiGHS's clock, capped by the image's
+    # (pixdisc.certification.exact, SciPy's HiGHS) with this many seconds of HiGHS's clock, capped by the image's
     # seconds left; 0 = off. Wall-clock limited even under a work budget: leave it off for published numbers.
     exact_seconds: float = 0.0
-    # The S(x) search (pixdisc.sx_attack, fixed seed) on the images the batched root bounds leave open,
+    # The S(x) search (pixdisc.attacks.sx, fixed seed) on the images the batched root bounds leave open,
     # before their own bounds and branching: a misclassified member it finds, checked through T and F on a
     # real input, decides "failed" at once. It may spend a quarter of the image's budget; None: off.
     search: Optional[SearchBudget] = SearchBudget()

@@ -16,9 +16,11 @@ from ._common import (EXIT_BUG, EXIT_INPUT_ERROR, EXIT_INTERRUPTED, CommandError
 __all__ = ["main", "build_parser"]
 
 _SUBCOMMANDS: List[Callable[[argparse._SubParsersAction], None]] = [
-    codes.add_codes, train.add_train, attack.add_attack, evaluate.add_evaluate, evaluate.add_demo,
+    codes.add_codebook, train.add_train, attack.add_attack, evaluate.add_evaluate, evaluate.add_demo,
     certify.add_certify, reproduce.add_reproduce,
 ]
+# The commands (under every name argparse reports) that never import torch.
+_WITHOUT_TORCH = ("codebook", "codes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +44,8 @@ def _set_threads(count: int, command: str) -> None:
     from .. import set_num_threads
 
     set_num_threads(count)
-    # `codes` never needs torch, and importing it only to set its threads costs seconds.
-    if "torch" in sys.modules or (command != "codes" and _torch_available()):
+    # `codebook` never needs torch, and importing it only to set its threads costs seconds.
+    if "torch" in sys.modules or (command not in _WITHOUT_TORCH and _torch_available()):
         import torch
 
         # On a shared or oversubscribed machine fewer torch threads can be much faster.
@@ -69,7 +71,7 @@ def default_torch_threads() -> int:
 @contextlib.contextmanager
 def _default_threads(command: str) -> Iterator[None]:
     """Apply default_torch_threads() for this command, unless the user chose (OMP_NUM_THREADS); restore after."""
-    if "OMP_NUM_THREADS" in os.environ or command == "codes":
+    if "OMP_NUM_THREADS" in os.environ or command in _WITHOUT_TORCH:
         yield
         return
     count = default_torch_threads()

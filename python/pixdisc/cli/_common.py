@@ -9,6 +9,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..profiles import PAPER_BUDGETS, dataset_key, profile
+
 
 # Exit codes: 0 success, 1 a data/input problem (message on stderr), 2 bad usage
 # (argparse, or a contradictory combination of options), 3 an internal error (a
@@ -123,7 +125,7 @@ def dataset_name(text: str) -> str:
     """An argparse type: a data set name of pixdisc.datasets.DATASETS (``-`` and ``_`` interchangeable)."""
     from ..datasets import DATASETS
 
-    key = text.strip().lower().replace("-", "_")
+    key = dataset_key(text)
     if key not in DATASETS:
         raise argparse.ArgumentTypeError(f"unknown data set {text!r}; choose from {', '.join(DATASETS)}")
     return key
@@ -139,7 +141,7 @@ def add_data_options(p: argparse.ArgumentParser, default: Optional[str] = "mnist
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="folder holding the data set's files")
 
 
-# torch is imported inside the helpers so that `pixdisc codes` works without it.
+# torch is imported inside the helpers so that `pixdisc codebook` works without it.
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:
@@ -151,10 +153,6 @@ def progress_enabled(args: argparse.Namespace) -> bool:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def dataset_key(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
 
 
 def load_codebook_file(path: Path):
@@ -240,11 +238,8 @@ def defense_from_meta(meta: Dict[str, Any]):
 
 def attack_budget(dataset: str, eps: Optional[float], steps: Optional[int],
                    step_size: Optional[float]) -> Tuple[float, int, float]:
-    from ..attacks import PAPER_BUDGETS
-    from ..experiments import DATASET_DEFAULTS
-
-    defaults = DATASET_DEFAULTS.get(dataset_key(dataset))
-    budget = PAPER_BUDGETS[defaults["budget"]] if defaults else None
+    found = profile(dataset)
+    budget = PAPER_BUDGETS[found.budget] if found is not None else None
     if budget is None and None in (eps, steps, step_size):
         raise UsageError(f"no paper budget for data set {dataset!r}: pass --eps, --steps and --step-size")
     eps = float(budget["eps"]) if eps is None else eps

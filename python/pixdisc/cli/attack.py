@@ -8,10 +8,11 @@ from typing import Any, Dict
 
 import numpy as np
 
+from ..profiles import profile
 from ._common import (CommandError, EXIT_OK, UsageError, add_codebook_option, add_data_options, add_model_argument,
-                      add_report_options, attack_budget, check_model_fits, dataset_key, defense_from_meta, emit,
-                      load_codebook_file, load_model_file, load_split, nonnegative_float, nonnegative_int,
-                      parse_attacks, percent, positive_float, positive_int, progress_enabled, unit_float)
+                      add_report_options, attack_budget, check_model_fits, defense_from_meta, emit, load_codebook_file,
+                      load_model_file, load_split, nonnegative_float, nonnegative_int, parse_attacks, percent,
+                      positive_float, positive_int, progress_enabled, unit_float)
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
@@ -20,7 +21,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from ..certification import Budget
     from ..discretize import Discretize
     from ..evaluation import robustness_interval
-    from ..experiments import ATTACK_LABELS, DATASET_DEFAULTS, attack_specs, summarise_result
+    from ..experiments import ATTACK_LABELS, attack_specs, summarise_result
     from torch import nn
 
     model, meta = load_model_file(args.model, args.device)
@@ -35,8 +36,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
     elif not args.no_defense:
         codebook = defense_from_meta(meta)
     recorded = meta.get("defense") if isinstance(meta.get("defense"), dict) else {}
+    found = profile(dataset)
     alpha = args.alpha if args.alpha is not None else float(
-        recorded.get("alpha", DATASET_DEFAULTS.get(dataset_key(dataset), {}).get("alpha", 10.0)))
+        recorded.get("alpha", 10.0 if found is None else found.alpha))
     if codebook is not None:
         if codebook.n_channels != x.shape[1]:
             raise CommandError(f"the codebook has {codebook.n_channels}-channel codes but {data.name} images have "

@@ -9,8 +9,8 @@ from typing import Optional
 
 from ._common import (CommandError, EXIT_OK, UsageError, add_checkpoint_option, add_codebook_option,
                       add_data_options, add_model_argument, add_report_options, defense_from_meta,
-                      load_codebook_file, load_model_file, nonnegative_float, positive_float_or_none, positive_int,
-                      probability, unit_float)
+                      load_codebook_file, load_model_file, load_split, nonnegative_float, positive_float_or_none,
+                      positive_int, probability, unit_float)
 
 
 # pixdisc.certification.BOUNDS, spelled out so that `--help` does not import torch (a test checks they agree).
@@ -21,7 +21,6 @@ def cmd_certify(args: argparse.Namespace) -> int:
     """Certify a model behind a codebook on a data set split; print a Table-IV-style summary."""
     from ..certification import Budget, certify
     from ..report import certify_table
-    from ..datasets import as_float_nchw, load_dataset
 
     net, meta = load_model_file(args.model, None)
     if args.codebook is not None:
@@ -32,11 +31,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.model} records no codebook (it was trained without discretization): pass "
                              "--codebook FILE, the codes to certify it behind (make one with `pixdisc codes`)")
     dataset = args.dataset or meta.get("dataset") or "mnist5k"
-    data = load_dataset(dataset, args.data_dir)
-    images, labels = (data.x_test, data.y_test) if args.split == "test" else (data.x_train, data.y_train)
-    if args.limit is not None:
-        images, labels = images[: args.limit], labels[: args.limit]
-    x = as_float_nchw(images)
+    x, labels, data = load_split(dataset, args.data_dir, args.split, args.limit)
     if codebook.n_channels not in (1, x.shape[1]):  # a 1-channel codebook works element-wise on any image
         raise CommandError(f"{source} has {codebook.n_channels}-channel codes but {data.name} images have "
                            f"{x.shape[1]} channel(s); fit a codebook on this data set (`pixdisc codes --dataset "

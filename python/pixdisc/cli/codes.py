@@ -1,4 +1,4 @@
-"""`pixdisc codes`: fit a codebook, write it, print the codes."""
+"""`pixdisc codebook` (alias `codes`): fit a codebook, write the file ``--codebook`` takes, print the codes."""
 
 from __future__ import annotations
 
@@ -9,21 +9,21 @@ from typing import Any, Dict
 
 import numpy as np
 
-from ._common import (CommandError, EXIT_OK, UsageError, add_force_option, add_output_option, dataset_key,
-                      dataset_name, first_line, nonnegative_int, positive_float, positive_int, refuse_overwrite,
-                      unit_float)
+from ..profiles import CERTIFIED_CODEBOOKS, PROFILES, dataset_key, profile
+from ._common import (CommandError, EXIT_OK, UsageError, add_force_option, add_output_option, dataset_name,
+                      nonnegative_int, positive_float, positive_int, refuse_overwrite, unit_float)
 
 
 def _load_pixels(args: argparse.Namespace) -> np.ndarray:
-    from .._files import numpy_load_error
+    from ..pixels import load_pixel_file
 
     if args.npy is not None:
         try:
-            return np.load(args.npy, allow_pickle=False)
+            return load_pixel_file(args.npy)
         except FileNotFoundError as exc:
             raise CommandError(f"no such file: {args.npy}") from exc
         except ValueError as exc:
-            raise CommandError(numpy_load_error(args.npy, exc)) from exc
+            raise CommandError(str(exc)) from exc
     from .. import datasets
 
     data = datasets.load_dataset(args.dataset, args.data_dir)
@@ -37,26 +37,20 @@ def _load_pixels(args: argparse.Namespace) -> np.ndarray:
 def _paper_codebook(args: argparse.Namespace) -> Dict[str, Any]:
     """Fill in the -k/-r of Algorithm 1 left out with the paper's values for the data set; return those taken.
 
-    The values are the ones `pixdisc evaluate` fits with (pixdisc.experiments.DATASET_DEFAULTS).
+    The values are the ones `pixdisc evaluate` fits with (the data set's profile, pixdisc.profiles).
     """
     if args.npy is not None:
         if args.r is None:
             raise UsageError("--method density needs -r/--radius for --npy pixels: there is no data set to take "
                              "the paper's radius from")
         return {}
-    try:
-        # The table lives with the torch layer: only this path of `codes` imports torch.
-        from ..experiments import DATASET_DEFAULTS
-    except ImportError as exc:
-        raise UsageError(f"--method density needs -k and -r/--radius without the torch extra: the paper's "
-                         f"defaults per data set live in pixdisc.experiments ({first_line(exc)})") from None
-    defaults = DATASET_DEFAULTS.get(dataset_key(args.dataset))
-    if defaults is None:
+    found = profile(args.dataset)
+    if found is None:
         if args.r is None:
             raise UsageError(f"--method density needs -r/--radius: no default codebook for {args.dataset} "
-                             f"(defaults exist for {', '.join(DATASET_DEFAULTS)})")
+                             f"(defaults exist for {', '.join(PROFILES)})")
         return {}
-    taken = {name: defaults[name] for name in ("k", "r") if getattr(args, name) is None}
+    taken = {name: getattr(found, name) for name in ("k", "r") if getattr(args, name) is None}
     for name, value in taken.items():
         setattr(args, name, value)
     return taken
@@ -76,8 +70,8 @@ def _make_codebook(args: argparse.Namespace):
 
 
 def _certified_codebook(args: argparse.Namespace):
-    """--certified: the data set's recommended codes for certification (pixdisc.codebook.CERTIFIED_CODEBOOKS)."""
-    from ..codebook import CERTIFIED_CODEBOOKS, certified_codebook
+    """--certified: the data set's recommended codes for certification (pixdisc.profiles.CERTIFIED_CODEBOOKS)."""
+    from ..codebook import certified_codebook
 
     if args.npy is not None:
         raise UsageError("--certified picks the codes of a data set: use --dataset, not --npy")
@@ -91,7 +85,7 @@ def _certified_codebook(args: argparse.Namespace):
     return certified_codebook(key, _load_pixels(args))
 
 
-def cmd_codes(args: argparse.Namespace) -> int:
+def cmd_codebook(args: argparse.Namespace) -> int:
     """Fit a codebook, write it, print the codes."""
     refuse_overwrite(args.output, args.force)
     paper: Dict[str, Any] = {}
@@ -132,12 +126,15 @@ def cmd_codes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_codes(sub: argparse._SubParsersAction) -> None:
+def add_codebook(sub: argparse._SubParsersAction) -> None:
     from ..codebook import KERNELS, METRICS
     from ..datasets import DATASETS
 
-    p = sub.add_parser("codes", help="fit a codebook from a data set or an .npy file",
-                       description="Fit a codebook of pixel values, write it as .npz and print the codes.")
+    # `codes` is the command's earlier name, still accepted.
+    p = sub.add_parser("codebook", aliases=["codes"],
+                       help="fit a codebook (the file --codebook takes) from a data set or an .npy file",
+                       description="Fit a codebook of pixel values, write it as .npz (the file the other commands' "
+                                   "--codebook takes) and print the codes.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--dataset", type=dataset_name, default="mnist5k", metavar="NAME",
                      help=f"data set, one of {', '.join(DATASETS)} (default: mnist5k, the embedded MNIST subset)")
@@ -169,4 +166,4 @@ def add_codes(sub: argparse._SubParsersAction) -> None:
     add_output_option(p, Path("codes.npz"), "codebook file to write (default: codes.npz)")
     add_force_option(p)
     p.add_argument("--json", action="store_true", help="print a JSON report instead of text")
-    p.set_defaults(func=cmd_codes)
+    p.set_defaults(func=cmd_codebook)

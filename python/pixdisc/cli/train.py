@@ -28,7 +28,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .. import __version__
     from ..discretize import Discretize
     from ..models import predict, save_model
-    from ..plan import adversarial_recipe
+    from ..experiments.plan import adversarial_recipe
     from ..train import train_setting
 
     schedule_options = (("--warmup-epochs", args.warmup_epochs), ("--ramp-epochs", args.ramp_epochs),
@@ -158,8 +158,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, default=None,
                    help="PGD steps in adversarial training (default: the paper's)")
     p.add_argument("--step-size", type=positive_float, default=None, help="PGD step size (default: the paper's)")
-    # Defaults None: pixdisc.plan.certified_recipe derives them from --epochs (the help spells out its rule; the
-    # parser is built without importing torch, so it cannot ask it).
+    # Defaults None: pixdisc.experiments.plan.certified_recipe derives them from --epochs (the help spells out
+    # its rule; the parser is built without importing torch, so it cannot ask it).
     p.add_argument("--warmup-epochs", type=nonnegative_int, default=None, metavar="N",
                    help="--mode certified: natural epochs before the eps ramp starts (default 1)")
     p.add_argument("--ramp-epochs", type=nonnegative_int, default=None, metavar="N",
@@ -190,7 +190,7 @@ def _train_certified(args: argparse.Namespace) -> int:
 
     from .. import __version__
     from ..models import build_model, predict, save_model
-    from ..plan import certified_recipe
+    from ..experiments.plan import certified_recipe
     from ..train import train_certified
 
     if args.eps is None:

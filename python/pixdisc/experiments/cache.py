@@ -16,16 +16,16 @@ from .. import __version__, datasets
 from .._files import write_text
 from ..codebook import Codebook
 from ..models import load_model, save_model
-from ..plan import TRAINED_NETWORKS
 from .config import ExperimentConfig
+from .plan import TRAINED_NETWORKS
 
 
 
 # Config fields that change what is attacked or reported but not how a network is trained: changing them
 # keeps the saved networks of an output folder (everything else retrains).
-_EVALUATION_ONLY = ("eps", "steps", "step_size", "attacks", "square_queries", "certify_bound", "certify_nodes",
-                    "certify_seconds", "n_test", "eval_batch_size", "curve_eps", "curve_settings", "curve_steps",
-                    "curve_n", "settings")
+_EVALUATION_ONLY = ("eps", "steps", "step_size", "attacks", "suite", "square_queries", "certify_bound",
+                    "certify_nodes", "certify_seconds", "certify_work", "certify_search", "n_test", "eval_batch_size",
+                    "curve_eps", "curve_settings", "curve_steps", "curve_n", "settings")
 
 
 def _plain(value: Any) -> Any:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 
-from ..attacks import PAPER_BUDGETS, SUITE, attack_spec
+from ..attacks import SUITE, adaptive_attacks, applicable_attacks, attack_spec
+from ..profiles import PAPER_BUDGETS, PROFILES, dataset_key
 from ..train import SETTINGS
 
 
@@ -23,6 +24,8 @@ ATTACK_LABELS: dict[str, str] = {
     "apgd_ce": "APGD-CE",
     "apgd_dlr": "APGD-DLR",
     "square": "Square",
+    "sx_focus": "S(x) search, closest survivors",
+    "sx_deep": "S(x) search x4, closest survivors",
     "certify": "certify",
 }
 
@@ -55,13 +58,20 @@ class ExperimentConfig:
     step_size: float = 0.01
     attacks: tuple[str, ...] = SUITE
     square_queries: int = 1000
+    # "full": every attack of ``attacks`` on every sample still standing; "adaptive": the same attacks
+    # spending their effort where they break images (pixdisc.attacks.adaptive_attacks).
+    suite: str = "full"
     # Certified floor beside every attacked ceiling: certify's bound and branch-and-bound budget per
-    # sample. The demo's models are not trained for certification, and CROWN with 20 nodes per image
-    # proves 0.2-1% of them (measured) at ~0.5 s each: the demo uses interval bounds at the root and one
-    # counterexample guess per image; `pixdisc attack --certify-nodes` spends more on a saved model.
+    # sample, in work (forward passes per image, the same outcomes on any machine load), no wall clock.
+    # The demo's models are not trained for certification, and CROWN with 20 nodes per image proves
+    # 0.2-1% of them (measured) at ~0.5 s each: the demo uses interval bounds at the root and one node per
+    # image, without certify's own S(x) search (the suite has searched S(x) already);
+    # `pixdisc attack --certify-nodes` spends more on a saved model.
     certify_bound: str = "ibp"
     certify_nodes: int = 1
-    certify_seconds: float = 0.5
+    certify_seconds: float | None = None
+    certify_work: float = 200.0
+    certify_search: bool = False
     # Training.
     natural_epochs: int = 6
     adversarial_epochs: int = 20
@@ -143,53 +153,45 @@ QUICK_CONFIG = ExperimentConfig(
     curve_steps=3,
     curve_n=30,
     square_queries=20,
-    certify_seconds=0.1,
 )
 
-# Per data set: the paper's attack budget (PAPER_BUDGETS), codebook (Table II) and BPDA alpha.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mnist5k": {"budget": "mnist", "k": 2, "r": 0.6, "alpha": 10.0},
-    "mnist": {"budget": "mnist", "k": 2, "r": 0.6, "alpha": 10.0},
-    "digits": {"budget": "mnist", "k": 2, "r": 0.6, "alpha": 10.0},
-    "fashion_mnist": {"budget": "fashion_mnist", "k": 2, "r": 0.2, "alpha": 10.0},
-    # The paper's CIFAR alpha=0.1 is on the [0,255] scale: 25.5 on [0,1].
-    "cifar10": {"budget": "cifar10", "k": 300, "r": 16 / 255, "alpha": 25.5, "train_eps": 8 / 255,
-                "train_steps": 7, "train_step_size": 2 / 255},
-    "gtsrb": {"budget": "gtsrb", "k": 300, "r": 16 / 255, "alpha": 25.5, "train_eps": 8 / 255,
-              "train_steps": 7, "train_step_size": 2 / 255},
-}
-
-
-# Training budgets for a data set's whole training split (a base config with n_train=None), where the
-# demo's epochs, chosen for 4,000 images, would cost hours on 2 cores. Fashion-MNIST: 60,000 images make
-# one epoch 15x the demo's; 4 adversarial epochs (3,750 batches of 64, 10 PGD steps of 0.02 each: the
-# total travel 0.2 of the paper's 20 x 0.01) and one re-training epoch (938 batches, 7x the demo's two
-# epochs on 4,000 images); wall times in benchmarks/fashion_mnist.md. The attack suite runs on the first
-# n_test test images; reproduce adds clean accuracy on all of them.
-FULL_SCALE_TRAINING: dict[str, dict[str, Any]] = {
-    "fashion_mnist": {"natural_epochs": 3, "adversarial_epochs": 4, "adversarial_lr_milestones": (3,),
-                      "retrain_epochs": 1, "adversarial_retrain_epochs": 1},
-}
-
-
 def config_for_dataset(dataset: str, base: ExperimentConfig = DEMO_CONFIG, **overrides: Any) -> ExperimentConfig:
-    """``base`` adapted to ``dataset``: the paper's attack budget, codebook and alpha for it, then ``overrides``."""
-    key = dataset.strip().lower().replace("-", "_")
+    """``base`` adapted to ``dataset``: the paper's attack budget, codebook and alpha for it, then ``overrides``.
+
+    The values come from the data set's profile (:mod:`pixdisc.profiles`), with its training attack where
+    it has its own and, for a ``base`` that trains on the whole training split (``n_train=None``), its
+    full-scale training budgets.
+    """
+    key = dataset_key(dataset)
     changes: dict[str, Any] = {"dataset": key}
-    defaults = DATASET_DEFAULTS.get(key)
-    if defaults is not None:
-        budget = PAPER_BUDGETS[defaults["budget"]]
+    found = PROFILES.get(key)
+    if found is not None:
+        budget = PAPER_BUDGETS[found.budget]
         changes.update(eps=budget["eps"], steps=budget["steps"], step_size=budget["step_size"],
-                       k=defaults["k"], r=defaults["r"], alpha=defaults["alpha"])
-        changes.update({name: defaults[name] for name in ("train_eps", "train_steps", "train_step_size")
-                        if name in defaults})
-        if key == "fashion_mnist":
-            # Madry's MNIST recipe with a 20-step eps=0.1 attack (paper, Section II-F), scaled like ours.
-            changes.update(train_eps=0.1, train_steps=10, train_step_size=0.02)
-        if base.n_train is None and key in FULL_SCALE_TRAINING:
-            changes.update(FULL_SCALE_TRAINING[key])
+                       k=found.k, r=found.r, alpha=found.alpha, **found.train_attack)
+        if base.n_train is None:
+            changes.update(found.full_scale_training)
     changes.update({name: value for name, value in overrides.items() if value is not None})
     return base.replace(**changes)
+
+
+def setting_attacks(model: Any, config: ExperimentConfig, eps: float, steps: int, step_size: float) -> list[Any]:
+    """The configured suite against ``model`` (what applies to it) at this budget, as ``evaluate_robustness`` entries."""
+    if config.suite == "adaptive":
+        return adaptive_attacks(model, eps, steps=steps, step_size=step_size, square_queries=config.square_queries,
+                                seed=config.seed, names=config.attacks)
+    if config.suite != "full":
+        raise ValueError(f"suite must be 'full' or 'adaptive', got {config.suite!r}")
+    return attack_specs(eps, steps, step_size, applicable_attacks(model, config.attacks),
+                        square_queries=config.square_queries, seed=config.seed)
+
+
+def suite_names(model: Any, config: ExperimentConfig) -> list[str]:
+    """The names of the configured suite's attacks against ``model``, in the order they run."""
+    if config.suite != "adaptive":
+        return applicable_attacks(model, config.attacks)
+    return [stage.spec["name"] if isinstance(stage.spec, Mapping) else stage.spec.__name__
+            for stage in adaptive_attacks(model, 0.0, names=config.attacks)]
 
 
 def attack_specs(eps: float, steps: int, step_size: float, names: Sequence[str] = SUITE, *,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import sys
@@ -15,17 +16,19 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .. import __version__, datasets
-from ..attacks import applicable_attacks, evaluate_robustness
+from ..attacks import (ADAPTIVE_FOCUS, ADAPTIVE_ORDER, DEEP_SEARCH_FACTOR, FOCUS_SEARCH, GRADIENT_ORDER, QUICK_SEARCH,
+                       SearchBudget, evaluate_robustness)
 from ..certification import Budget
 from ..codebook import Codebook, DensityCodebook
 from ..discretize import Discretize
 from ..evaluation import robustness_interval
 from ..models import _model_device, save_model
-from ..plan import networks_to_train, train_settings
 from ..report import paper_reference, write_report
 from ..train import SETTINGS
 from .cache import _model_meta, _Resume, _resume_for
-from .config import ATTACK_LABELS, DEMO_CONFIG, QUICK_CONFIG, ExperimentConfig, attack_specs
+from .config import (ATTACK_LABELS, DEMO_CONFIG, QUICK_CONFIG, ExperimentConfig, attack_specs, setting_attacks,
+                     suite_names)
+from .plan import networks_to_train, train_settings
 
 
 
@@ -62,18 +65,22 @@ def _versions() -> dict[str, Any]:
 def evaluate_setting(model: nn.Module, x: Tensor, y: Tensor, config: ExperimentConfig, *,
                      progress: bool = True) -> dict[str, Any]:
     """One model's row: the configured suite (what applies to it), and for a discretized model the certified floor."""
-    names = applicable_attacks(model, config.attacks)
-    specs = attack_specs(config.eps, config.steps, config.step_size, names, square_queries=config.square_queries,
-                         seed=config.seed)
+    specs = setting_attacks(model, config, config.eps, config.steps, config.step_size)
     interval = robustness_interval(model, x, y, config.eps, attacks=specs, batch_size=config.eval_batch_size,
                                    seed=config.seed, progress=progress,
-                                   certify_budget=Budget(nodes=config.certify_nodes, seconds=config.certify_seconds),
+                                   certify_budget=certify_budget(config),
                                    certify_options={"bound": config.certify_bound})
     row = summarise_result(interval.attack, interval.attack_names)
     row.update({key: value for key, value in interval.summary().items()
                 if key in ("floor", "ceiling", "certified", "broken", "undecided", "exact")})
     row["seconds"] = interval.seconds
     return row
+
+
+def certify_budget(config: ExperimentConfig) -> Budget:
+    """The per-image budget of the certified floor beside each ceiling (work, not wall clock, by default)."""
+    return Budget(nodes=config.certify_nodes, seconds=config.certify_seconds, work=config.certify_work,
+                  search=SearchBudget() if config.certify_search else None)
 
 
 def summarise_result(result: Any, attack_names: Sequence[str]) -> dict[str, Any]:
@@ -100,6 +107,8 @@ def summarise_result(result: Any, attack_names: Sequence[str]) -> dict[str, Any]
         "robust_accuracy": result.robust_accuracy,
         "robust_after": robust_after,
         "broken_by": broken_by,
+        "attack_seconds": {str(entry.get("name")): entry["seconds"] for entry in result.params.get("attacks", [])
+                           if "seconds" in entry},
         "clean_errors": int((~correct).sum()),
         "not_broken": int((correct & ~success).sum()),
     }
@@ -115,7 +124,7 @@ def _eps_curve(config: ExperimentConfig, models: Mapping[str, nn.Module], x_test
                              "attacks": {}, "settings": {}}
     for name in names:
         stages.set_description(f"eps curve {name}")
-        attacks = applicable_attacks(models[name], config.attacks)  # the table's suite for this setting
+        attacks = suite_names(models[name], config)  # the table's suite for this setting
         curve["attacks"][name] = attacks
 
         def compute(model: nn.Module = models[name], attacks: list[str] = attacks) -> list[float]:
@@ -128,8 +137,7 @@ def _eps_curve(config: ExperimentConfig, models: Mapping[str, nn.Module], x_test
                     continue
                 # Madry et al.'s rule of thumb: step = 2.5 eps / steps, so the attack can cross the ball.
                 step_size = 2.5 * eps / max(config.curve_steps, 1)
-                specs = attack_specs(eps, config.curve_steps, step_size, attacks,
-                                     square_queries=config.square_queries, seed=config.seed)
+                specs = setting_attacks(model, config, eps, config.curve_steps, step_size)
                 outcome = evaluate_robustness(model, x_test[:count], y_test[:count], specs,
                                               batch_size=config.eval_batch_size, seed=config.seed, eps=eps,
                                               keep_adv=False, progress=False)
@@ -307,11 +315,11 @@ def run_experiment(
             "eps": config.eps,
             "steps": config.steps,
             "step_size": config.step_size,
-            "attacks": [{"name": name, "label": ATTACK_LABELS[name],
-                         **(spec if isinstance(spec, Mapping) else spec.params)}
-                        for name, spec in zip(config.attacks, specs)],
+            "attacks": _attack_entries(config, specs),
             "certify_budget": {"bound": config.certify_bound, "nodes": config.certify_nodes,
-                               "seconds": config.certify_seconds},
+                               "seconds": config.certify_seconds, "work": config.certify_work,
+                               "search": config.certify_search},
+            "suite": config.suite,
             "bpda": "attacks on disc_* settings go through the defense's BPDA backward",
         },
         "training": {
@@ -364,6 +372,31 @@ def run_experiment(
     return result
 
 
+def _attack_entries(config: ExperimentConfig, specs: Sequence[Any]) -> list[dict[str, Any]]:
+    """The suite as the report lists it: name, label and budget per attack, in the order they run."""
+    entries = {name: {"name": name, "label": ATTACK_LABELS[name],
+                      **(spec if isinstance(spec, Mapping) else spec.params)}
+               for name, spec in zip(config.attacks, specs)}
+    if config.suite != "adaptive":
+        return list(entries.values())
+    # The adaptive suite (pixdisc.attacks.adaptive_attacks): each attack's share of the survivors it sees.
+    if "sx" in entries:
+        search = entries["sx"]
+        entries["sx"] = {**search, "budget": dataclasses.asdict(QUICK_SEARCH)}
+        entries["sx_focus"] = {**search, "name": "sx_focus", "label": ATTACK_LABELS["sx_focus"],
+                               "budget": dataclasses.asdict(FOCUS_SEARCH), "focus": ADAPTIVE_FOCUS["sx_focus"]}
+        entries["sx_deep"] = {**search, "name": "sx_deep", "label": ATTACK_LABELS["sx_deep"],
+                              "budget": dataclasses.asdict(FOCUS_SEARCH.scaled(DEEP_SEARCH_FACTOR)),
+                              "focus": ADAPTIVE_FOCUS["sx_deep"]}
+    if "square" in entries:
+        entries["square"] = {**entries["square"], "focus": ADAPTIVE_FOCUS["square"]}
+    for name in GRADIENT_ORDER:
+        if name in entries:
+            entries[name] = {**entries[name], "focus": ADAPTIVE_FOCUS["gradient"], "chained": True,
+                             "on_undefended": "the first runs on every sample"}
+    return [entries[name] for name in ADAPTIVE_ORDER if name in entries]
+
+
 def _save_models(models: Mapping[str, nn.Module], codebook: Codebook, config: ExperimentConfig,
                  data: datasets.Dataset, folder: Path, extra_meta: Mapping[str, Mapping[str, Any]]) -> None:
     codebook.save(folder / "codes.npz")
@@ -374,7 +407,7 @@ def _save_models(models: Mapping[str, nn.Module], codebook: Codebook, config: Ex
 
 
 def run_demo(out_dir: str | os.PathLike[str], *, quick: bool = False, seed: int = 0,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, suite: str = "adaptive") -> dict[str, Any]:
     """The main job on the embedded default: MNIST-5k, codes k=2 r=0.6, the six settings, BPDA/PGD, a report.
 
     Writes ``results.json``, ``results.md``, ``accuracy.png``,
@@ -382,8 +415,12 @@ def run_demo(out_dir: str | os.PathLike[str], *, quick: bool = False, seed: int 
     ``out_dir`` and returns the result of :func:`run_experiment`, whose checks
     include that the codes are the paper's {0, 253}/255. ``quick=True`` runs
     :data:`QUICK_CONFIG`, a reduced smoke run whose numbers mean nothing.
+    The attacks run as the adaptive suite (:func:`pixdisc.attacks.adaptive_attacks`:
+    measured on the demo's models as strong as the full suite in a fraction
+    of its time, benchmarks/demo_suite.md); ``suite="full"`` runs every
+    attack on every image still standing.
     """
-    config = (QUICK_CONFIG if quick else DEMO_CONFIG).replace(dataset="mnist5k", seed=seed)
+    config = (QUICK_CONFIG if quick else DEMO_CONFIG).replace(dataset="mnist5k", seed=seed, suite=suite)
     result = run_experiment(config, out_dir, progress=progress, expected_codes_255=[[0], [253]],
                             extra={"quick": quick})
     return result

@@ -1,4 +1,7 @@
-"""Write experiment results: JSON, a Markdown table shaped like the paper's Table II, and PNG plots."""
+"""Write experiment results: JSON, a Markdown table shaped like the paper's Table II, and PNG plots.
+
+The intervals come from :mod:`pixdisc.statistics`, the paper's numbers (``result["paper"]``) from
+:mod:`pixdisc.paper`; this module only lays them out."""
 
 from __future__ import annotations
 
@@ -9,13 +12,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .._files import write_text
-from .._plotting import png_figure
-from ..paper import PAPER_SOURCE, table_ii_settings
-from ..statistics import clopper_pearson_interval
+from ..statistics import accuracy_interval, with_intervals
+from .figure import png_figure
 
 __all__ = [
-    "PAPER_CITATION",
-    "PAPER_TABLE_II",
     "SETTING_LABELS",
     "accuracy_bars",
     "breakdown_table",
@@ -23,30 +23,14 @@ __all__ = [
     "draw_accuracy",
     "draw_eps_curve",
     "markdown_table",
-    "paper_reference",
     "plot_accuracy",
     "plot_eps_curve",
+    "quick_label",
     "write_json",
     "write_markdown",
     "write_report",
     "certify_table",
 ]
-
-PAPER_CITATION = f"{PAPER_SOURCE}, Table II (codes by density estimation)"
-
-# Table II of the paper as (accuracy %, robustness %) per setting, for the two
-# data sets the six-setting experiment runs on. Its rows map onto the six
-# settings as: "k=256" (no discretization) is nat_pre / adv_pre; "k=2,
-# pre-trained" is disc_*_pre; "k=2, re-trained" is disc_*_re. MNIST: eps=0.3,
-# 100-step attacks, codes k=2, r=0.6; Fashion-MNIST: eps=0.1, 100 steps, k=2,
-# r=0.2. The paper used the full data sets and Madry et al.'s models, so these
-# are the published reference, not a target for a 4k-image CNN.
-PAPER_TABLE_II: dict[str, dict[str, Any]] = {
-    name: table_ii_settings(name, eps=eps, k=2, r=r) for name, eps, r in (("mnist", 0.3, 0.6), ("fashion_mnist", 0.1, 0.2))
-}
-
-# The embedded MNIST subset is real MNIST: compare it with the paper's MNIST row.
-_PAPER_DATASET = {"mnist": "mnist", "mnist5k": "mnist", "fashion_mnist": "fashion_mnist"}
 
 SETTING_LABELS: dict[str, str] = {
     "nat_pre": "natural, no defense",
@@ -58,26 +42,6 @@ SETTING_LABELS: dict[str, str] = {
 }
 
 
-def paper_reference(dataset: str) -> dict[str, Any] | None:
-    """The paper's Table II numbers for ``dataset`` as fractions (like ours), or None where it has none."""
-    key = _PAPER_DATASET.get(dataset.strip().lower().replace("-", "_"))
-    if key is None:
-        return None
-    entry = PAPER_TABLE_II[key]
-    return {
-        "dataset": key,
-        "eps": entry["eps"],
-        "k": entry["k"],
-        "r": entry["r"],
-        "source": PAPER_CITATION,
-        "unit": "fraction",
-        "settings": {
-            name: {"clean_accuracy": round(clean / 100, 6), "robust_accuracy": round(robust / 100, 6)}
-            for name, (clean, robust) in entry["settings"].items()
-        },
-    }
-
-
 def _percent(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -87,27 +51,6 @@ def _percent(value: float | None) -> str:
 def _paper_scale(paper: Mapping[str, Any]) -> float:
     """Factor to percent: results.json files without a "unit" store the paper's numbers in percent."""
     return 100.0 if paper.get("unit") == "fraction" else 1.0
-
-
-def accuracy_interval(value: float | None, n: int | None, confidence: float = 0.95) -> list[float] | None:
-    """Clopper-Pearson interval of an accuracy measured on ``n`` images (None when there is none)."""
-    if value is None or not n or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return [round(end, 6) for end in clopper_pearson_interval(int(round(value * n)), int(n), confidence)]
-
-
-def with_intervals(result: Mapping[str, Any]) -> dict[str, Any]:
-    """``result`` with ``ci95`` beside every accuracy of every setting (clean, each attack column, ceiling, floor)."""
-    out = dict(result)
-    settings = {}
-    for name, row in result.get("settings", {}).items():
-        n = row.get("n")
-        ci = {key: accuracy_interval(row.get(key), n) for key in ("clean_accuracy", "robust_accuracy", "floor")}
-        ci["robust_after"] = {attack: accuracy_interval(value, n)
-                              for attack, value in row.get("robust_after", {}).items()}
-        settings[name] = {**row, "ci95": ci}
-    out["settings"] = settings
-    return out
 
 
 def _percent_ci(value: float | None, n: int | None) -> str:
@@ -178,6 +121,12 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def wall_time_text(seconds: float) -> str:
+    """A run's wall time as the report and the CLI print it, e.g. ``5 min 07 s``."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
 def breakdown_table(result: Mapping[str, Any]) -> str:
     """Where each setting's images went, as counts: clean errors, first broken by each attack, not broken.
 
@@ -220,7 +169,8 @@ def _describe(result: Mapping[str, Any]) -> list[str]:
         f"metric {book['params'].get('metric')} -> codes {{{codes}}}; BPDA `{defense['bpda']}`, "
         f"alpha={defense['alpha']:g}",
         f"- attacks (l_inf, eps={attack['eps']:g}; gradient attacks {attack['steps']} steps of "
-        f"{attack['step_size']:g}, through BPDA where the defense is present): {names}; accuracies in % "
+        f"{attack['step_size']:g}, through BPDA where the defense is present): {names}{_suite_text(attack)}; "
+        f"accuracies in % "
         f"with 95% Clopper-Pearson intervals in parentheses (results.json: fractions, `ci95` per accuracy)",
         f"- robust accuracy is an interval: the ceiling is what no attack broke, the floor what `certify` proved "
         f"(branch and bound, {_budget_text(attack.get('certify_budget'))} per image, on the images no attack "
@@ -241,7 +191,24 @@ def _budget_text(budget: Mapping[str, Any] | None) -> str:
     if not budget:
         return "default budget"
     bound = {"ibp": "interval bounds", "crown": "CROWN"}.get(budget.get("bound", "crown"), budget.get("bound"))
-    return f"{bound}, at most {budget['nodes']} nodes and {budget['seconds']:g} s"
+    limits = [f"at most {budget['nodes']} nodes"]
+    if budget.get("work") is not None:
+        limits.append(f"{budget['work']:g} forward passes of work")
+    if budget.get("seconds") is not None:
+        limits.append(f"{budget['seconds']:g} s")
+    return f"{bound}, " + " and ".join(limits)
+
+
+def _suite_text(attack: Mapping[str, Any]) -> str:
+    """How the adaptive suite split its effort, from the report's attack entries ("" for the full suite)."""
+    if attack.get("suite") != "adaptive":
+        return ""
+    parts = []
+    for entry in attack["attacks"]:
+        where = "every image" if "focus" not in entry else f"the {100 * entry['focus']:g}% of survivors closest to breaking"
+        parts.append(f"{entry['label']} on {where}" + (", while the one before still broke something"
+                                                         if entry.get("chained") else ""))
+    return "; adaptive suite, in order: " + "; ".join(parts)
 
 
 def _training_summary(training: Mapping[str, Any]) -> str:
@@ -291,8 +258,7 @@ def write_markdown(result: Mapping[str, Any], path: str | os.PathLike[str]) -> P
         run = result.get("run", {})
         lines += ["## Timings (seconds)", ""]
         if "total" in timings:
-            minutes, seconds = divmod(round(timings["total"]), 60)
-            lines += [f"Wall time {minutes} min {seconds:02d} s on {run.get('cores', '?')} cores "
+            lines += [f"Wall time {wall_time_text(timings['total'])} on {run.get('cores', '?')} cores "
                       f"({run.get('torch_threads', '?')} torch threads), load average {run.get('load_before', '?')} "
                       "at the start.", ""]
         for stage, seconds in timings.items():

@@ -14,8 +14,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .._files import write_text
-from .._plotting import png_figure
 from ..paper import PAPER_NUMBERS, PAPER_SOURCE
+from .analysis import plot_fragmentation_cdf, plot_neighbourhood_scatter, plot_pixel_histogram, plot_robustness_curves
+from .figure import png_figure
+
+__all__ = ["QUICK_LABEL", "TARGETS", "TITLES", "Figure", "draw", "section_markdown", "update_index", "write_target"]
 
 # Every model-based number of a quick run carries this label.
 QUICK_LABEL = "quick: not comparable"
@@ -209,7 +212,7 @@ class Figure:
     """A figure the computation asks for: the PNG's file name, its kind and the data to draw."""
 
     file: str
-    kind: str  # one of _DRAW's keys
+    kind: str  # one of the kinds draw() knows
     data: dict[str, Any]
 
 
@@ -224,18 +227,16 @@ def _gray_neighbourhoods(levels: np.ndarray, sizes: np.ndarray, path: Path, titl
 
 def draw(figure: Figure, out: Path) -> Path:
     """Draw ``figure`` into ``out / figure.file``."""
-    from .. import analysis
-
     path = out / figure.file
     data = dict(figure.data)
     if figure.kind == "curves":
-        return analysis.plot_robustness_curves(data.pop("eps"), data.pop("curves"), path, **data)
+        return plot_robustness_curves(data.pop("eps"), data.pop("curves"), path, **data)
     if figure.kind == "fragmentation_cdf":
-        return analysis.plot_fragmentation_cdf(data.pop("values"), path, **data)
+        return plot_fragmentation_cdf(data.pop("values"), path, **data)
     if figure.kind == "neighbourhood_scatter":
-        return analysis.plot_neighbourhood_scatter(data.pop("colours"), data.pop("sizes"), path, **data)
+        return plot_neighbourhood_scatter(data.pop("colours"), data.pop("sizes"), path, **data)
     if figure.kind == "pixel_histogram":
-        return analysis.plot_pixel_histogram(data.pop("counts"), path, **data)
+        return plot_pixel_histogram(data.pop("counts"), path, **data)
     if figure.kind == "gray_neighbourhoods":
         return _gray_neighbourhoods(data["levels"], data["sizes"], path, data["title"])
     raise ValueError(f"unknown figure kind {figure.kind!r}")

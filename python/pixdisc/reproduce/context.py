@@ -25,7 +25,7 @@ from ..discretize import Discretize
 from ..experiments import DEMO_CONFIG, QUICK_CONFIG, ExperimentConfig, attack_specs, config_for_dataset, \
     evaluate_setting
 from ..models import load_model, predict, save_model
-from ..plan import train_settings
+from ..experiments.plan import train_settings
 from ..train import SETTINGS
 
 
@@ -189,7 +189,7 @@ def _store(ctx: _Context, data: datasets.Dataset, codebook: Codebook | None, boo
 
 def _six_settings(ctx: _Context, data: datasets.Dataset, codebook: Codebook | None, book_tag: str,
                   settings: Sequence[str] = SETTINGS) -> dict[str, nn.Module]:
-    """The paper's settings for one codebook, trained by the planner (pixdisc.plan) and cached on disk."""
+    """The paper's settings for one codebook, trained by the planner (pixdisc.experiments.plan) and cached on disk."""
     config = _config(ctx, data).replace(settings=tuple(settings))
     defense = None if codebook is None else Discretize(codebook, bpda=config.bpda, alpha=config.alpha)
     x_train, y_train, _, _ = _float_split(data, config.n_train, config.n_test)

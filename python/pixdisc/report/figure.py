@@ -1,11 +1,13 @@
-"""One way to make a figure file: matplotlib's Agg backend, written atomically as PNG."""
+"""One way to make a figure file: matplotlib's Agg backend, written atomically as PNG (every figure pixdisc draws)."""
 
 from __future__ import annotations
 
 import contextlib
 from typing import Any, Iterator, Optional, Tuple
 
-from ._files import PathLike, atomic_write
+from .._files import PathLike, atomic_write
+
+__all__ = ["png_figure", "pyplot"]
 
 
 def pyplot() -> Any:
