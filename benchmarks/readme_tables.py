@@ -25,7 +25,9 @@ files and the README cannot drift from the data), then fills:
   `benchmarks/fashion_mnist.md` by benchmarks/fashion_mnist_report.py;
 - `<!-- certify-scale -->`: `benchmarks/certify_scale.json` (benchmarks/certify_scale.py);
 - `<!-- fashion-mnist-tiers -->`: `benchmarks/fashion_mnist/tiers.json` (benchmarks/fashion_mnist_tiers.py);
-- `<!-- demo-tiers -->`: `benchmarks/demo_tiers.json` (benchmarks/demo_tiers.py).
+- `<!-- demo-tiers -->`: `benchmarks/demo_tiers.json` (benchmarks/demo_tiers.py);
+- `<!-- demo-suite -->`: `benchmarks/demo_suite.json` (benchmarks/demo_suite.py: the demo timed, and its adaptive
+  suite against the full suite on the same models).
 """
 
 from __future__ import annotations
@@ -157,6 +159,12 @@ def _demo_tiers_block() -> str:
     return _rendered("demo_tiers", demo_tiers.render)
 
 
+def _demo_suite_block() -> str:
+    import demo_suite
+
+    return _rendered("demo_suite", demo_suite.render)
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
@@ -166,7 +174,8 @@ def main() -> None:
               "certify-native": _certify_native_block, "torch-benchmarks": _torch_block,
               "analysis-mnist": _analysis_mnist_block, "analysis-neighbourhoods": _neighbourhoods_block,
               "fashion-mnist": _fashion_block, "certify-scale": _certify_scale_block,
-              "fashion-mnist-tiers": _fashion_tiers_block, "demo-tiers": _demo_tiers_block}
+              "fashion-mnist-tiers": _fashion_tiers_block, "demo-tiers": _demo_tiers_block,
+              "demo-suite": _demo_suite_block}
     for marker, make in blocks.items():
         pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
         if not pattern.search(text):

@@ -101,7 +101,7 @@ def test_native_stage_matches_numpy_reference(metric):
                             (rng.integers(0, 11, size=(8, 3)) / np.float32(10)).astype(np.float32)])
         for eps in (0.0, 0.03, 0.1):
             sound = candidate_sets(x, book, eps, rule="sound", channel_axis=-1)
-            _, offsets, members = _native.candidate_sets(book._nearest_index(), x.reshape(-1), len(x), 3, 1, eps, 2)
+            _, offsets, members = _native.candidate_sets(book.nearest_index(), x.reshape(-1), len(x), 3, 1, eps, 2)
             for p in range(len(x)):
                 expect = pairwise_reference(x[p], codes, metric, eps, sound.of(p).tolist())
                 assert members[offsets[p] : offsets[p + 1]].tolist() == expect, (metric, x[p], eps)
@@ -113,7 +113,7 @@ def test_voronoi_lp_drops_a_code_no_single_code_beats():
     codes = np.array([[0.55, 0.3], [0.3, 0.8], [0.15, 0.3], [0.1, 0.15], [0.25, 0.7]], np.float32)
     book = pixdisc.Codebook(codes, "l2")
     x = np.array([[0.5, 0.5]], np.float32)
-    _, _, pairwise = _native.candidate_sets(book._nearest_index(), x.reshape(-1), 1, 2, 1, 0.1, 2)
+    _, _, pairwise = _native.candidate_sets(book.nearest_index(), x.reshape(-1), 1, 2, 1, 0.1, 2)
     assert pairwise.tolist() == [0, 1, 4]
     assert candidate_sets(x, book, 0.1, rule="tight", channel_axis=-1).members.tolist() == [0, 4]
     assert candidate_counts(x, book, 0.1, rule="tight", channel_axis=-1).tolist() == [2]
@@ -159,7 +159,7 @@ def test_tight_rule_is_auto_for_several_channels_and_checks_inputs():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         candidate_counts(np.full((2, 3), 2.0, np.float32), book3, 0.1, rule="tight")
     with pytest.raises(ValueError, match="rule"):
-        _native.candidate_sets(book3._nearest_index(), np.zeros(3, np.float32), 1, 3, 1, 0.1, 3)
+        _native.candidate_sets(book3.nearest_index(), np.zeros(3, np.float32), 1, 3, 1, 0.1, 3)
     for metric in METRICS:
         book = pixdisc.Codebook(book3.codes_, metric)
         assert candidate_counts(np.zeros((0, 3), np.float32), book, 0.1, rule="tight").shape == (0,)

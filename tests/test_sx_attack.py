@@ -183,6 +183,18 @@ def test_search_finds_what_brute_force_finds(channels, codes, eps):
     assert found[fooled].mean() >= 0.9
 
 
+def test_one_channel_codes_on_colour_images_search_every_value():
+    # A one-channel codebook discretizes every value of a colour image alone (as Codebook.transform does),
+    # so S(x) is a product over the C*H*W values.
+    x, y, book, net, model = _tiny_problem(3, [[0.0], [0.5], [1.0]], 0.12, seed=3, side=2)
+    truth = _brute_force(x.reshape(len(x), 1, -1), y, book, net, 0.12, cap=2 ** 12)
+    result = sx_attack(model, x, y, 0.12, seed=0, budget=SearchBudget(enumerate_log2=12))
+    decided = [i for i, t in enumerate(truth) if t is not None]
+    assert decided and any(truth[i] for i in decided)
+    assert [bool(result.success[i]) for i in decided] == [truth[i] for i in decided]
+    assert within_eps(result.x_adv.numpy(), x.numpy(), 0.12).all()
+
+
 def test_successes_are_real_inputs_within_eps():
     x, y, book, net, model = _tiny_problem(1, [[0.0], [0.5], [1.0]], 0.12, seed=5, n=40)
     result = sx_attack(model, x, y, 0.12, seed=0)

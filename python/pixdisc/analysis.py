@@ -13,6 +13,7 @@ import numpy as np
 from . import _native
 from .candidates import candidate_counts
 from .codebook import Codebook, DensityCodebook
+from .inputs import check_eps
 from .pixels import PixelView, as_pixels
 from .statistics import empirical_cdf as fragmentation_cdf
 
@@ -116,11 +117,10 @@ def eps_to_levels(eps: float) -> int:
     channel, i.e. ``|p - q| <= floor(eps * 255)``. A 1e-6 slack makes eps
     written as ``8 / 255`` count as 8 levels despite float rounding.
     """
-    if not np.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    eps = check_eps(eps)
     if eps > 1:
         raise ValueError(f"eps is on the pixel scale [0, 1] (got {eps!r}); for e levels pass e / 255")
-    return int(math.floor(float(eps) * 255 + 1e-6))
+    return int(math.floor(eps * 255 + 1e-6))
 
 
 def neighbourhood_sizes(x: Any, eps: float, channel_axis: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:

@@ -54,13 +54,14 @@ test used throughout pixdisc). Two rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import numpy as np
 
 from . import _native
 from .codebook import Codebook
+from .inputs import check_eps, unit_float
 from .pixels import PixelView, as_pixels
 
 __all__ = ["CandidateSets", "candidate_sets", "candidate_counts", "log2_set_size", "box_hull", "RULES", "resolve_rule"]
@@ -107,26 +108,18 @@ class CandidateSets:
         return self.members[self.offsets[pixel] : self.offsets[pixel + 1]]
 
 
-def _float_view(x: Any, codebook: Codebook, channel_axis: Optional[int]) -> PixelView:
-    view = as_pixels(x, channel_axis, channels=codebook.n_channels)
-    data = view.data
-    if data.dtype == np.uint8 or str(data.dtype) == "torch.uint8":  # uint8 means v/255, on either device
-        data = data.float() / 255 if view.is_cuda else data.astype(np.float32) / np.float32(255)
-    return PixelView(data, view.shape, view.axis, view.outer, view.channels, view.inner, view.is_torch, view.device)
-
-
 def _native_sets(x: Any, codebook: Codebook, eps: float, rule: str, channel_axis: Optional[int], counts_only: bool):
-    if not np.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    eps = check_eps(eps)
     rule = resolve_rule(rule, codebook)
-    view = _float_view(x, codebook, channel_axis)
+    view = as_pixels(x, channel_axis, channels=codebook.n_channels)
+    view = replace(view, data=unit_float(view.data))
     lp = rule == "tight" and codebook.metric == "l2" and codebook.n_channels > 1
     nearest, offsets, members = _native.candidate_sets(
-        codebook._nearest_index(), view.data.reshape(-1), view.outer, view.channels, view.inner,
-        float(eps), _RULE_CODES[rule], counts_only and not lp)
+        codebook.nearest_index(), view.data.reshape(-1), view.outer, view.channels, view.inner,
+        eps, _RULE_CODES[rule], counts_only and not lp)
     if lp:
         pixels = _pixel_rows(view)
-        offsets, members = _voronoi_lp(pixels, codebook.codes_, float(eps), offsets, members)
+        offsets, members = _voronoi_lp(pixels, codebook.codes_, eps, offsets, members)
     return view, rule, nearest, offsets, members
 
 

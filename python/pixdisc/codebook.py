@@ -94,44 +94,49 @@ class Codebook:
     def is_fitted(self) -> bool:
         return getattr(self, "codes_", None) is not None
 
-    def _require_fitted(self) -> np.ndarray:
+    def fitted_codes(self) -> np.ndarray:
+        """``codes_``; a NotFittedError that says to call ``fit`` first when there are none yet."""
         if not self.is_fitted:
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
         return self.codes_
 
     @property
     def n_codes(self) -> int:
-        return int(self._require_fitted().shape[0])
+        return int(self.fitted_codes().shape[0])
 
     @property
     def n_channels(self) -> int:
-        return int(self._require_fitted().shape[1])
+        return int(self.fitted_codes().shape[1])
 
     def _set_codes(self, codes: np.ndarray) -> None:
         self.codes_ = _check_codes(codes)
         self._index = None
 
-    def _nearest_index(self) -> _native.NearestIndex:
+    def nearest_index(self) -> _native.NearestIndex:
+        """The native nearest-code index of the codes, the kernels' argument (built on first use, dropped when
+        the codes change)."""
         if self._index is None:
-            self._index = _native.NearestIndex(self._require_fitted(), _metric_id(self.metric))
+            self._index = _native.NearestIndex(self.fitted_codes(), _metric_id(self.metric))
         return self._index
 
     # -- discretization -----------------------------------------------------
     def assign(self, x: Any, channel_axis: Optional[int] = None) -> Any:
         """Index of the nearest code for every pixel (int32; the channel axis removed)."""
         view = as_pixels(x, channel_axis, channels=self.n_channels)
-        index = self._nearest_index().assign(view.data.reshape(-1), view.outer, view.channels, view.inner)
+        index = self.nearest_index().assign(view.data.reshape(-1), view.outer, view.channels, view.inner)
         return view.wrap(index.reshape(view.index_shape))
 
-    def transform(self, x: Any, channel_axis: Optional[int] = None) -> Any:
-        """``x`` with every pixel replaced by its nearest code (same shape and dtype)."""
-        return self._transform(x, channel_axis, check=True)
+    def transform(self, x: Any, channel_axis: Optional[int] = None, *, check: bool = True) -> Any:
+        """``x`` with every pixel replaced by its nearest code (same shape and dtype).
 
-    def _transform(self, x: Any, channel_axis: Optional[int], check: bool) -> Any:
-        # check=False: see _native.NearestIndex.transform (CUDA only; the BPDA forward pass).
+        A float pixel outside [0, 1] raises ValueError. ``check=False`` matters
+        on CUDA only: the call does not wait for the GPU, such a pixel comes out
+        NaN and a later call on this codebook raises (the BPDA forward pass of
+        :class:`pixdisc.Discretize` uses it).
+        """
         view = as_pixels(x, channel_axis, channels=self.n_channels)
-        out = self._nearest_index().transform(view.data.reshape(-1), view.outer, view.channels, view.inner,
-                                              check=check)
+        out = self.nearest_index().transform(view.data.reshape(-1), view.outer, view.channels, view.inner,
+                                             check=check)
         return view.wrap(out.reshape(view.shape))
 
     def fit_transform(self, X: Any, y: Any = None, channel_axis: Optional[int] = None) -> Any:
@@ -188,7 +193,7 @@ class Codebook:
         return self._with_params(self.get_params())
 
     def _with_params(self, params: Dict[str, Any]) -> "Codebook":
-        return type(self)(self._require_fitted(), **params)
+        return type(self)(self.fitted_codes(), **params)
 
     def save(self, path: Union[str, os.PathLike]) -> Path:
         """Write a versioned ``.npz`` (no pickles) atomically; returns the path."""
@@ -205,7 +210,7 @@ class Codebook:
             np.savez(
                 f,
                 format_version=np.int64(FORMAT_VERSION),
-                codes=self._require_fitted(),
+                codes=self.fitted_codes(),
                 metric=np.str_(self.metric),
                 meta=np.str_(json.dumps(meta)),
             )

@@ -69,7 +69,7 @@ class _DiscretizeFunction(torch.autograd.Function):
         ctx.save_for_backward(x)
         # No wait for the GPU here (check=False): a pixel outside [0, 1] comes out NaN on CUDA and the
         # next call on the codebook raises; the CPU raises at once.
-        hard = module.codebook._transform(x.detach().to(torch.float32), module.channel_axis, check=False)
+        hard = module.codebook.transform(x.detach().to(torch.float32), module.channel_axis, check=False)
         return hard.to(x.dtype)
 
     @staticmethod
@@ -107,7 +107,7 @@ class Discretize(nn.Module):
         super().__init__()
         if not isinstance(codebook, Codebook):
             raise TypeError(f"codebook must be a pixdisc Codebook, got {type(codebook).__name__}")
-        codes = codebook._require_fitted()
+        codes = codebook.fitted_codes()
         if bpda not in BPDA_MODES:
             raise ValueError(f"bpda must be one of {BPDA_MODES}, got {bpda!r}")
         if not np.isfinite(alpha) or alpha <= 0:

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from .attacks import AttackResult, AttackSpec, contains_discretize, cw_margin_loss, evaluate_robustness
-from .attacks.base import _as_images, _as_labels
 from .certification import Budget, CertifyResult, certify
+from .inputs import as_images, as_labels, check_eps
 
 __all__ = ["RobustnessInterval", "robustness_interval", "STATUSES", "DEFAULT_CERTIFY_BUDGET"]
 
@@ -122,8 +122,9 @@ def robustness_interval(
     counts as broken. Raises RuntimeError if an attack breaks a certified
     sample.
     """
-    images = _as_images(x).detach()
-    labels = _as_labels(y, images.shape[0])
+    eps = check_eps(eps)
+    images = as_images(x).detach()
+    labels = as_labels(y, images.shape[0])
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     result = evaluate_robustness(model, images, labels, attacks, eps=eps, steps=steps, step_size=step_size,

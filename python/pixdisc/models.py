@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._files import atomic_write, file_kind
+from .inputs import as_images
 
 __all__ = [
     "MODELS",
@@ -23,10 +24,13 @@ __all__ = [
     "MadryMNIST",
     "PreActResNet",
     "SmallCNN",
+    "atomic_torch_save",
     "build_model",
     "cifar_resnet",
     "load_model",
+    "model_device",
     "predict",
+    "safe_torch_load",
     "save_model",
 ]
 
@@ -262,7 +266,7 @@ def build_model(name: str, in_channels: int = 1, num_classes: int = 10, **kwargs
     return model
 
 
-def _atomic_torch_save(payload: Any, path: str | os.PathLike[str]) -> None:
+def atomic_torch_save(payload: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` then rename, fsynced: readers never see half a file, a crash never loses the old one."""
     with atomic_write(path, durable=True) as stream:
         torch.save(payload, stream)
@@ -271,7 +275,7 @@ def _atomic_torch_save(payload: Any, path: str | os.PathLike[str]) -> None:
 _MODEL_NEXT_STEP = "pass a model file written by pixdisc.models.save_model or `pixdisc train -o FILE`"
 
 
-def _safe_torch_load(
+def safe_torch_load(
     path: str | os.PathLike[str],
     map_location: Any,
     what: str,
@@ -362,7 +366,7 @@ def save_model(
         "meta": meta_json,
         "state_dict": state_dict,
     }
-    _atomic_torch_save(payload, path)
+    atomic_torch_save(payload, path)
 
 
 def load_model(
@@ -377,7 +381,7 @@ def load_model(
     the file when it is corrupt, not a pixdisc model, or does not match its
     recorded architecture. With ``return_meta=True`` returns ``(model, meta)``.
     """
-    payload = _safe_torch_load(path, map_location, "pixdisc model file")
+    payload = safe_torch_load(path, map_location, "pixdisc model file")
     file_path = Path(path)
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
         raise ValueError(f"{file_path} is not a pixdisc model file (no {MODEL_FILE_FORMAT!r} header: a bare "
@@ -417,7 +421,7 @@ def load_model(
     return model
 
 
-def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     """Where the model's first parameter (or buffer) lives; ``fallback`` for a model with neither."""
     for tensor in model.parameters():
         return tensor.device
@@ -439,10 +443,8 @@ def predict(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    images = torch.from_numpy(np.asarray(x)) if not isinstance(x, Tensor) else x
-    if images.dtype == torch.uint8:
-        images = images.float() / 255.0
-    target_device = torch.device(device) if device is not None else _model_device(model, images.device)
+    images = as_images(x)
+    target_device = torch.device(device) if device is not None else model_device(model, images.device)
     was_training = model.training
     model.eval()
     labels: list[Tensor] = []

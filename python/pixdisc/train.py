@@ -18,8 +18,9 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from .attacks import pgd_perturb
-from .attacks.base import _as_images, _as_labels, _derive_seed
-from .models import _atomic_torch_save, _safe_torch_load, build_model
+from .attacks.base import derive_seed
+from .inputs import as_images, as_labels, check_eps
+from .models import atomic_torch_save, build_model, safe_torch_load
 from .profiles import PAPER_TRAINING  # the paper's recipes, kept importable from here
 
 __all__ = [
@@ -69,8 +70,8 @@ def _start_epoch(optimizer: torch.optim.Optimizer, epoch: int, lr: float, lr_gam
     epoch_lr = lr * lr_gamma ** sum(1 for milestone in milestones if milestone <= epoch)
     for group in optimizer.param_groups:
         group["lr"] = epoch_lr
-    torch.manual_seed(_derive_seed(seed, epoch, _TORCH_STREAM))
-    shuffle_generator = torch.Generator().manual_seed(_derive_seed(seed, epoch, _SHUFFLE_STREAM))
+    torch.manual_seed(derive_seed(seed, epoch, _TORCH_STREAM))
+    shuffle_generator = torch.Generator().manual_seed(derive_seed(seed, epoch, _SHUFFLE_STREAM))
     return torch.randperm(sample_count, generator=shuffle_generator), epoch_lr
 
 
@@ -103,7 +104,7 @@ def _load_checkpoint(
 ) -> dict[str, Any]:
     # pixdisc writes checkpoints atomically, so a bad one was never a run's half-written file: replace it.
     start_over = f"delete {path} to start training over, or pass another checkpoint path"
-    checkpoint = _safe_torch_load(path, device, "pixdisc training checkpoint", start_over)
+    checkpoint = safe_torch_load(path, device, "pixdisc training checkpoint", start_over)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a pixdisc training checkpoint (no {CHECKPOINT_FORMAT!r} header: a "
                          f"model file or another program's file?); {start_over}")
@@ -163,7 +164,7 @@ def _save_training(
 ) -> None:
     if checkpoint_file is None:
         return
-    _atomic_torch_save(
+    atomic_torch_save(
         {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch, "config": json.dumps(config),
          "model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history},
         checkpoint_file,
@@ -239,13 +240,13 @@ def train_model(
     _check_nonnegative("weight_decay", weight_decay)
     _check_nonnegative("lr_gamma", lr_gamma)
     if adversarial:
-        _check_nonnegative("eps", eps)
+        check_eps(eps)
         _check_nonnegative("step_size", step_size)
         _check_positive_integer("attack_steps", attack_steps, minimum=0)
     if attack_loss not in ("ce", "cw"):
         raise ValueError(f"attack_loss must be 'ce' or 'cw', got {attack_loss!r}")
-    images = _as_images(x)
-    labels = _as_labels(y, images.shape[0])
+    images = as_images(x)
+    labels = as_labels(y, images.shape[0])
     sample_count = images.shape[0]
     if sample_count == 0:
         raise ValueError("cannot train on an empty data set")
@@ -290,7 +291,7 @@ def train_model(
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
             order, epoch_lr = _start_epoch(training_optimizer, epoch, lr, lr_gamma, milestones, seed, sample_count)
-            attack_generator = torch.Generator().manual_seed(_derive_seed(seed, epoch, _ATTACK_STREAM))
+            attack_generator = torch.Generator().manual_seed(derive_seed(seed, epoch, _ATTACK_STREAM))
             loss_sum, correct, seen = 0.0, 0, 0
             batches = range(0, sample_count, batch_size)
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=False)
@@ -386,8 +387,8 @@ def train_setting(
     adversarial = "_adv_" in f"_{setting}_"
     retrained = setting.endswith("_re")
 
-    images = _as_images(x_train, "x_train")
-    labels = _as_labels(y_train, images.shape[0], "y_train")
+    images = as_images(x_train, "x_train")
+    labels = as_labels(y_train, images.shape[0], "y_train")
     empty_history: dict[str, list[float]] = {"epoch": [], "loss": [], "accuracy": [], "lr": [], "seconds": []}
 
     def fresh_network() -> nn.Module:
@@ -484,15 +485,15 @@ def train_certified(
     _check_positive_integer("batch_size", batch_size)
     _check_positive_integer("warmup_epochs", warmup_epochs, minimum=0)
     _check_positive_integer("ramp_epochs", ramp_epochs, minimum=0)
-    _check_nonnegative("eps", eps)
+    check_eps(eps)
     _check_nonnegative("lr", lr)
     if not 0 <= kappa_end <= 1:
         raise ValueError(f"kappa_end must lie in [0, 1], got {kappa_end!r}")
     if bound not in ("ibp", "crown"):
         raise ValueError(f"bound must be 'ibp' or 'crown', got {bound!r}")
     rule = resolve_rule("auto", codebook) if codebook is not None else None
-    images = _as_images(x)
-    labels = _as_labels(y, images.shape[0])
+    images = as_images(x)
+    labels = as_labels(y, images.shape[0])
     sample_count = images.shape[0]
     if sample_count == 0:
         raise ValueError("cannot train on an empty data set")

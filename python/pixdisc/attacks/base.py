@@ -1,4 +1,4 @@
-"""What every attack shares: input checks, seeds, the losses it maximises and the per-sample result."""
+"""What every attack shares: budget checks, seeds, the losses it maximises and the per-sample result."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+from ..inputs import check_eps
 
 
 # ----------------------------------------------------------------------------
@@ -37,38 +39,7 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 
 # ----------------------------------------------------------------------------
-# Input checking
-
-
-def _as_images(x: Tensor | np.ndarray, name: str = "x") -> Tensor:
-    """Float images in [0,1] as a tensor; uint8 is taken as v/255 (SPEC section 1)."""
-    if not isinstance(x, Tensor):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if x.dtype == torch.uint8:
-        return x.float() / 255.0
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be float images in [0,1] or uint8, got dtype {x.dtype}")
-    if x.ndim < 2:
-        raise ValueError(f"{name} must have a batch axis and at least one feature axis, got shape {tuple(x.shape)}")
-    if x.numel():
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} contains NaN or infinite values")
-        low, high = float(x.min()), float(x.max())
-        if low < 0.0 or high > 1.0:
-            raise ValueError(f"{name} must lie in [0,1], got values in [{low:g}, {high:g}]")
-    return x
-
-
-def _as_labels(y: Tensor | np.ndarray, count: int, name: str = "y") -> Tensor:
-    if not isinstance(y, Tensor):
-        y = torch.from_numpy(np.ascontiguousarray(y))
-    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
-        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-    if y.ndim != 1 or y.shape[0] != count:
-        raise ValueError(f"{name} must have shape ({count},) to match x, got {tuple(y.shape)}")
-    if y.numel() and int(y.min()) < 0:
-        raise ValueError(f"{name} holds a negative class label")
-    return y.to(torch.int64)
+# Budget checks (images, labels and eps: pixdisc.inputs)
 
 
 def _is_real(value: Any) -> bool:
@@ -80,8 +51,7 @@ def _is_integer(value: Any) -> bool:
 
 
 def _check_budget(eps: float, steps: int, step_size: float, restarts: int) -> None:
-    if not _is_real(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    check_eps(eps)
     if not _is_integer(steps) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     if not _is_real(step_size) or step_size < 0:
@@ -105,7 +75,7 @@ def _check_logits(logits: Tensor, y: Tensor) -> None:
         raise ValueError(f"label {int(y.max())} is out of range for a model with {logits.shape[1]} classes")
 
 
-def _derive_seed(*keys: int) -> int:
+def derive_seed(*keys: int) -> int:
     """A 63-bit seed mixed from integer keys (well spread even for consecutive keys)."""
     # SeedSequence takes non-negative entropy only; wrap negatives into 64 bits.
     state = np.random.SeedSequence([int(key) % 2**64 for key in keys]).generate_state(1, np.uint64)[0]

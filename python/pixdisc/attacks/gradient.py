@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..models import _model_device
-from .base import (AttackResult, _as_images, _as_labels, _check_budget, _check_logits, _generator, _loss_function,
-                   cw_margin_loss)
+from ..inputs import as_images, as_labels
+from ..models import model_device
+from .base import AttackResult, _check_budget, _check_logits, _generator, _loss_function, cw_margin_loss
 
 
 def _project(candidate: Tensor, x: Tensor, eps: float) -> Tensor:
@@ -102,12 +102,12 @@ def _prepare(
     target: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     _check_budget(eps, steps, step_size, restarts)
-    x = _as_images(x)
-    y = _as_labels(y, x.shape[0])
+    x = as_images(x)
+    y = as_labels(y, x.shape[0])
     if target is not None:
-        target = _as_labels(target, x.shape[0], "target")
+        target = as_labels(target, x.shape[0], "target")
     # Follow the model: numpy or CPU inputs to a GPU model just work.
-    device = _model_device(model, x.device)
+    device = model_device(model, x.device)
     x = x.detach().to(device)
     return x, y.to(device), None if target is None else target.to(device)
 

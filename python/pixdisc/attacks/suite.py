@@ -13,11 +13,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..models import _model_device
-from .base import (AttackResult, _as_images, _as_labels, _check_logits, _derive_seed, _is_real, _jsonable,
-                   result_from_inputs)
+from ..inputs import as_images, as_labels, check_eps, split_defended
+from ..models import model_device
+from .base import AttackResult, _check_logits, _jsonable, derive_seed, result_from_inputs
 from .gradient import adam_sign_attack, pgd
-from .sx import SearchBudget, split_defended, sx_attack
+from .sx import SearchBudget, sx_attack
 
 
 ATTACKS: dict[str, Callable[..., AttackResult]] = {
@@ -92,8 +92,7 @@ def attack_spec(
     seed: int = 0,
 ) -> AttackSpec:
     """The ``evaluate_robustness`` spec of one named attack of :data:`SUITE` (``step_size`` default ``eps / 30``)."""
-    if not _is_real(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    check_eps(eps)
     step_size = eps / 30 if step_size is None else step_size
     budget = {"eps": float(eps), "steps": int(steps), "step_size": float(step_size)}
     if name == "sx":
@@ -117,7 +116,7 @@ def applicable_attacks(model: nn.Module, names: Sequence[str] = SUITE) -> list[s
     """``names`` without those that do not apply to ``model`` or need torchattacks when it is missing."""
     defended = contains_discretize(model)
     if defended:
-        split_defended(model)  # a clear error now if the discretizer is not the first layer
+        split_defended(model, required_by="the S(x) attack")  # a clear error now if Discretize is not first
     have_torchattacks = importlib.util.find_spec("torchattacks") is not None
     return [name for name in names
             if (defended or name not in _DEFENSE_ONLY) and (have_torchattacks or name not in _TORCHATTACKS)]
@@ -279,9 +278,9 @@ def evaluate_robustness(
                 raise ValueError("evaluate_robustness measures untargeted robustness; drop 'target'")
         elif not callable(spec):
             raise ValueError(f"attack spec {position} is neither a mapping nor a callable")
-    images = _as_images(x).detach()
-    labels = _as_labels(y, images.shape[0])
-    target_device = torch.device(device) if device is not None else _model_device(model, images.device)
+    images = as_images(x).detach()
+    labels = as_labels(y, images.shape[0])
+    target_device = torch.device(device) if device is not None else model_device(model, images.device)
     batch_results: list[AttackResult] = []
     seconds = [0.0] * len(stages)  # wall time per attack, over all batches
     count = images.shape[0]
@@ -295,9 +294,9 @@ def evaluate_robustness(
             chain_idle = False  # the last chained attack broke nothing in this batch
             for position, stage in enumerate(stages):
                 spec = stage.spec
-                batch_seed = _derive_seed(seed, position, batch_index)
+                batch_seed = derive_seed(seed, position, batch_index)
                 if isinstance(spec, Mapping) and spec.get("seed") is not None:
-                    batch_seed = _derive_seed(int(spec["seed"]), position, batch_index)
+                    batch_seed = derive_seed(int(spec["seed"]), position, batch_index)
                     spec = {**spec, "seed": batch_seed}
                 started = time.perf_counter()
                 if combined is None:

@@ -32,10 +32,12 @@ import torch
 from torch import Tensor, nn
 
 from ..bounds.meter import BudgetExhausted, Meter
+from ..inputs import as_images, as_labels, check_channels, check_eps, split_defended
+from ..models import model_device
 from ..realize import pixel_options, within_eps
-from .base import AttackResult, _as_images, _as_labels, _check_logits, _generator, cw_margin_loss, result_from_inputs
+from .base import AttackResult, _check_logits, _generator, cw_margin_loss, result_from_inputs
 
-__all__ = ["SearchBudget", "search_members", "sx_attack", "split_defended"]
+__all__ = ["SearchBudget", "search_members", "sx_attack"]
 
 
 @dataclass(frozen=True)
@@ -63,15 +65,6 @@ class SearchBudget:
         )
 
 
-def split_defended(model: nn.Module) -> tuple[Any, nn.Module]:
-    """(defense, classifier) of ``nn.Sequential(Discretize(codebook), net...)``: the Discretize module and the net."""
-    from ..discretize import Discretize
-
-    if isinstance(model, nn.Sequential) and len(model) > 1 and isinstance(model[0], Discretize):
-        return model[0], (model[1:] if len(model) > 2 else model[1])
-    raise ValueError("the S(x) attack needs a defended model nn.Sequential(Discretize(codebook), net)")
-
-
 class _Problem:
     """Padded per-pixel options of a batch and the classifier on discrete images."""
 
@@ -79,9 +72,12 @@ class _Problem:
                  meter: Meter | None = None) -> None:
         self.net, self.y, self.chunk, self.meter = net, y, chunk, meter
         self.device = x.device
-        n, channels = x.shape[0], x.shape[1]
+        # A one-channel codebook discretizes every value of C-channel images alone (as Codebook.transform
+        # does): the search's pixels are then the C*H*W values.
+        n, channels = x.shape[0], codebook.n_channels
+        self.channels = channels
         self.image_shape = tuple(x.shape[1:])
-        options = pixel_options(x.detach().cpu().numpy(), codebook, eps)
+        options = pixel_options(x.detach().cpu().numpy().reshape(n, channels, -1), codebook, eps)
         self.dropped = options.dropped
         pixels = options.pixels
         counts = options.counts.reshape(n, pixels)
@@ -313,22 +309,36 @@ def _local_search(problem: _Problem, best: _Best, rows: Tensor, choice: Tensor, 
         sample, pixel, option = neighbour.nonzero(as_tuple=True)
         if not len(sample):
             return
-        moved = current[sample].clone()
-        moved[torch.arange(len(sample), device=problem.device), pixel] = option
-        scores = problem.margins(rows[active][sample], moved)
-        best.offer(rows[active][sample], moved, scores)
+        # Neighbours are built a chunk at a time: all at once they take (samples x pixels) x pixels
+        # integers, half a gigabyte for 100 images whose 784 pixels are all ambiguous.
+        scores = torch.cat([problem.margins(rows[active][sample[part]],
+                                            _moved(current, sample[part], pixel[part], option[part]))
+                            for part in (slice(start, start + problem.chunk)
+                                         for start in range(0, len(sample), problem.chunk))])
         top = torch.full((len(active),), -math.inf, device=problem.device, dtype=scores.dtype)
         top = top.scatter_reduce(0, sample, scores, reduce="amax")
         first = torch.full((len(active),), len(sample), device=problem.device, dtype=torch.int64)
         is_top = scores == top[sample]
         first = first.scatter_reduce(0, sample[is_top], torch.nonzero(is_top).squeeze(1), reduce="amin")
+        # The best neighbour of each sample (the first of equal margins) is all that offer() would keep.
+        has = first < len(sample)  # samples with no neighbour keep their choice (and top stays -inf)
+        best_moves = current.clone()
+        best_moves[has] = _moved(current, sample[first[has]], pixel[first[has]], option[first[has]])
+        best.offer(rows[active][has], best_moves[has], top[has])
         improved = top > margin[active]
         if not bool(improved.any()):
             return
         moving = active[improved]
-        choice[moving] = moved[first[improved]]
+        choice[moving] = best_moves[improved]
         margin[moving] = top[improved]
         active = moving
+
+
+def _moved(current: Tensor, sample: Tensor, pixel: Tensor, option: Tensor) -> Tensor:
+    """Choices ``current[sample]`` with ``pixel`` switched to ``option``, one row per neighbour."""
+    moved = current[sample].clone()
+    moved[torch.arange(len(sample), device=current.device), pixel] = option
+    return moved
 
 
 # --------------------------------------------------------------------------------- the attack
@@ -345,7 +355,8 @@ def sx_attack(
 ) -> AttackResult:
     """Search S(x) of a defended model ``nn.Sequential(Discretize(codebook), net)`` for a misclassified member.
 
-    Works for any codebook (1 or 3 channels, any k, every metric). The search
+    Works for any codebook (the images' channels, or one channel for every
+    value alone; any k, every metric). The search
     space is each pixel's reachable codes (:func:`pixdisc.realize.pixel_options`).
     Per sample the result is the best member found (the first misclassified
     one, else the highest CW margin), mapped back to a real input ``x_adv``
@@ -354,19 +365,17 @@ def sx_attack(
     Deterministic for a ``seed``; the model runs in eval mode.
     """
     budget = budget or SearchBudget()
-    if not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    defense, net = split_defended(model)
-    images = _as_images(x).detach()
-    if images.ndim != 4:
-        raise ValueError(f"x must be NCHW images, got shape {tuple(images.shape)}")
-    labels = _as_labels(y, images.shape[0])
+    eps = check_eps(eps)
+    defense, net = split_defended(model, required_by="the S(x) attack")
+    images = as_images(x, min_ndim=3).detach()
+    check_channels(defense.codebook, images.shape[1:])
+    labels = as_labels(y, images.shape[0])
     if not len(images):
         nothing = torch.zeros(0, dtype=torch.bool)
         return AttackResult(x_adv=images.clone(), success=nothing, clean_correct=nothing, adv_correct=nothing,
                             clean_pred=labels.clone(), adv_pred=labels.clone(), loss=torch.zeros(0),
                             margin=torch.zeros(0), params={"attack": "sx", "eps": float(eps)})
-    device = next((p.device for p in model.parameters()), images.device)
+    device = model_device(model, images.device)
     images, labels = images.to(device, torch.float32), labels.to(device)
     generator = _generator(seed)
     was_training = model.training
@@ -375,7 +384,7 @@ def sx_attack(
         with torch.no_grad():
             clean_logits = model(images)
         _check_logits(clean_logits, labels)
-        x_adv, found, problem = _search(net, defense.codebook, images, labels, float(eps), budget, generator)
+        x_adv, found, problem = _search(net, defense.codebook, images, labels, eps, budget, generator)
         with torch.no_grad():
             adv_logits = model(x_adv)
     finally:
@@ -445,7 +454,7 @@ def _search(net: nn.Module, codebook: Any, images: Tensor, labels: Tensor, eps: 
 
 def _realize(problem: _Problem, x: Tensor, choice: Tensor) -> Tensor:
     """x with every ambiguous pixel set to the input value that realizes its chosen code."""
-    n, channels = x.shape[0], x.shape[1]
+    n, channels = x.shape[0], problem.channels
     rows = torch.arange(n, device=x.device)
     values = problem.realize.gather(2, choice[:, :, None, None].expand(-1, -1, 1, channels)).squeeze(2)
     flat = torch.cat([x.reshape(n, channels, -1), torch.zeros(n, channels, 1, device=x.device)], dim=2)

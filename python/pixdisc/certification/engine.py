@@ -15,6 +15,7 @@ from .. import _native
 from ..bounds import TIERS, BudgetExhausted, Meter, escalate
 from ..candidates import candidate_sets
 from ..codebook import Codebook
+from ..inputs import check_channels
 from ..realize import ball_ends, pixel_options, within_eps
 from .result import Budget, _Record
 
@@ -73,9 +74,7 @@ class _Engine:
         # A one-channel codebook on C-channel images discretizes every value alone (as
         # Codebook.transform does): the engine's "pixels" are then the C*H*W values.
         self.code_channels = codebook.n_channels
-        if image_shape[0] != self.code_channels and self.code_channels != 1:
-            raise ValueError(f"images of shape {tuple(image_shape)} have {image_shape[0]} channels but the codebook "
-                             f"has {self.code_channels}; use a codebook with {image_shape[0]} channels or one")
+        check_channels(codebook, image_shape)
 
     # -- helpers ----------------------------------------------------------------------------
     @property

@@ -17,35 +17,11 @@ from torch import nn
 
 from ..candidates import resolve_rule
 from ..codebook import Codebook
+from ..inputs import as_images, as_labels, check_eps, split_defended
 from .checkpoint import _Checkpoint, _fingerprint, _model_fingerprint
 from .engine import _Engine, _run_chunk
 from .result import BOUNDS, MODES, OUTCOMES, Budget, CertifyResult, _Record
 from .workers import WorkersUnavailable, run_on_workers
-
-
-def _split_defended(model: nn.Module, codebook: Optional[Codebook]) -> Tuple[nn.Module, Codebook]:
-    from ..discretize import Discretize
-
-    if isinstance(model, nn.Sequential) and len(model) > 0 and isinstance(model[0], Discretize):
-        codebook = codebook or model[0].codebook
-        model = model[1:] if len(model) > 2 else model[1]
-    if codebook is None:
-        raise ValueError("pass the codebook (or a model whose first layer is pixdisc.Discretize)")
-    return model, codebook
-
-
-def _as_nchw(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x)
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / np.float32(255)
-    if x.dtype.kind != "f" or x.ndim < 3:
-        raise ValueError(f"x must be float images (N, C, H, W) in [0, 1] or uint8, got dtype {x.dtype} shape {x.shape}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all() or x.min(initial=0) < 0 or x.max(initial=0) > 1:
-        raise ValueError("x must lie in [0, 1] (no NaN or inf)")
-    return x
 
 
 def _run_local(engine: _Engine, x: np.ndarray, y: np.ndarray, indices: np.ndarray, threads: int,
@@ -140,23 +116,26 @@ def certify(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if bound not in BOUNDS:
         raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
-    if not np.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    eps = check_eps(eps)
     if not 0 < delta < 1:
         raise ValueError(f"delta must lie in (0, 1), got {delta!r}")
     if batch_size < 1 or chunk_size < 1:
         raise ValueError("batch_size and chunk_size must be positive")
     budget = budget or Budget()
-    net, codebook = _split_defended(model, codebook)
+    defense, net = split_defended(model)
+    if codebook is None and defense is not None:
+        codebook = defense.codebook
+    if codebook is None:
+        raise ValueError("pass the codebook (or a model whose first layer is pixdisc.Discretize)")
     rule = resolve_rule(rule, codebook)
-    x = _as_nchw(x)
-    y = np.asarray(y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else y).astype(np.int64).reshape(-1)
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]} labels")
-    if x.shape[1] != codebook.n_channels and codebook.n_channels != 1:
-        raise ValueError(f"x has {x.shape[1]} channels but the codebook has {codebook.n_channels}")
+    x = np.ascontiguousarray(as_images(x, min_ndim=3, dtype=torch.float32).detach().cpu().numpy())
+    y = as_labels(y, x.shape[0]).cpu().numpy()
     net = net.eval().to(device)
-    config = {"eps": float(eps), "mode": mode, "b": float(b), "bound": bound, "rule": rule,
+    # Built before any checkpoint is opened: the engine refuses a codebook whose channels fit no image
+    # (pixdisc.inputs.check_channels).
+    engine = _Engine(net, codebook, eps, mode, float(b), bound, rule, budget, batch_size, tuple(x.shape[1:]),
+                     device)
+    config = {"eps": eps, "mode": mode, "b": float(b), "bound": bound, "rule": rule,
               "budget": asdict(budget), "n": int(x.shape[0])}
     started = time.monotonic()
     records: Dict[int, _Record] = {}
@@ -167,8 +146,6 @@ def certify(
         store = _Checkpoint(Path(checkpoint), header)
         records.update(store.done)
     todo = np.array([i for i in range(x.shape[0]) if i not in records], dtype=np.int64)
-    engine = _Engine(net, codebook, float(eps), mode, float(b), bound, rule, budget, batch_size,
-                     tuple(x.shape[1:]), device)
     chunks = [todo[i : i + chunk_size] for i in range(0, len(todo), chunk_size)]
     if isinstance(executor, str) and executor not in ("serial", "processes"):
         raise ValueError(f"executor must be None, 'serial', 'processes', an Executor or a Dask Client, "
@@ -199,7 +176,7 @@ def certify(
         if executor == "serial" or (executor is None and len(chunks) <= 1):
             run_here()
             return _result(records, x, config, delta, started)
-        cpu_engine = engine if device == "cpu" else _Engine(net.cpu(), codebook, float(eps), mode, float(b),
+        cpu_engine = engine if device == "cpu" else _Engine(net.cpu(), codebook, eps, mode, float(b),
                                                              bound, rule, budget, batch_size,
                                                              tuple(x.shape[1:]), "cpu")
         if executor is None or executor == "processes":

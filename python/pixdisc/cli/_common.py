@@ -224,6 +224,17 @@ def check_model_fits(model: Any, x: Any, num_classes: int, what: str) -> None:
                            f"has {num_classes} classes")
 
 
+def check_codebook_fits(codebook: Any, x: Any, source: str, dataset: str) -> None:
+    """A codebook whose channels fit none of the data set's images is the user's problem: say which file, and
+    how to make one that fits."""
+    from ..inputs import check_channels
+
+    try:
+        check_channels(codebook, tuple(x.shape[1:]), codebook_name=source, images_name=f"{dataset} images")
+    except ValueError as exc:
+        raise CommandError(f"{exc} (fit one on this data set: `pixdisc codebook --dataset {dataset}`)") from None
+
+
 def defense_from_meta(meta: Dict[str, Any]):
     from ..codebook import Codebook
 
@@ -245,8 +256,6 @@ def attack_budget(dataset: str, eps: Optional[float], steps: Optional[int],
     eps = float(budget["eps"]) if eps is None else eps
     steps = int(budget["steps"]) if steps is None else steps
     step_size = float(budget["step_size"]) if step_size is None else step_size
-    if eps < 0 or steps < 0 or step_size < 0:
-        raise CommandError("--eps, --steps and --step-size must be >= 0")
     return eps, steps, step_size
 
 

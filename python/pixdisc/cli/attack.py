@@ -10,9 +10,9 @@ import numpy as np
 
 from ..profiles import profile
 from ._common import (CommandError, EXIT_OK, UsageError, add_codebook_option, add_data_options, add_model_argument,
-                      add_report_options, attack_budget, check_model_fits, defense_from_meta, emit, load_codebook_file,
-                      load_model_file, load_split, nonnegative_float, nonnegative_int, parse_attacks, percent,
-                      positive_float, positive_int, progress_enabled, unit_float)
+                      add_report_options, attack_budget, check_codebook_fits, check_model_fits, defense_from_meta, emit,
+                      load_codebook_file, load_model_file, load_split, nonnegative_float, nonnegative_int,
+                      parse_attacks, percent, positive_float, positive_int, progress_enabled, unit_float)
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
@@ -40,9 +40,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     alpha = args.alpha if args.alpha is not None else float(
         recorded.get("alpha", 10.0 if found is None else found.alpha))
     if codebook is not None:
-        if codebook.n_channels != x.shape[1]:
-            raise CommandError(f"the codebook has {codebook.n_channels}-channel codes but {data.name} images have "
-                               f"{x.shape[1]} channel(s)")
+        check_codebook_fits(codebook, x, str(args.codebook) if args.codebook is not None else
+                            f"the codebook recorded in {args.model}", data.name)
         device = next(iter(model.parameters())).device
         model = nn.Sequential(Discretize(codebook, bpda=args.bpda, alpha=alpha), model).to(device).eval()
     eps, steps, step_size = attack_budget(dataset, args.eps, args.steps, args.step_size)

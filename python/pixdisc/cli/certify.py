@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from ._common import (CommandError, EXIT_OK, UsageError, add_checkpoint_option, add_codebook_option,
-                      add_data_options, add_model_argument, add_report_options, defense_from_meta,
+from ._common import (CommandError, EXIT_OK, UsageError, add_checkpoint_option, add_codebook_option, add_data_options,
+                      add_model_argument, add_report_options, check_codebook_fits, defense_from_meta,
                       load_codebook_file, load_model_file, load_split, nonnegative_float, positive_float_or_none,
                       positive_int, probability, unit_float)
 
@@ -32,10 +32,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
                              "--codebook FILE, the codes to certify it behind (make one with `pixdisc codes`)")
     dataset = args.dataset or meta.get("dataset") or "mnist5k"
     x, labels, data = load_split(dataset, args.data_dir, args.split, args.limit)
-    if codebook.n_channels not in (1, x.shape[1]):  # a 1-channel codebook works element-wise on any image
-        raise CommandError(f"{source} has {codebook.n_channels}-channel codes but {data.name} images have "
-                           f"{x.shape[1]} channel(s); fit a codebook on this data set (`pixdisc codes --dataset "
-                           f"{data.name}`)")
+    check_codebook_fits(codebook, x, source, data.name)
     executor: object = "serial" if args.workers == 1 else None
     client = None
     if args.scheduler:

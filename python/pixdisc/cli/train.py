@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ._common import (SETTINGS, CommandError, EXIT_OK, UsageError, add_checkpoint_option, add_codebook_option,
-                      add_data_options, add_force_option, add_output_option, add_report_options, check_model_fits,
-                      emit, load_codebook_file, load_model_file, load_split, nonnegative_int, percent,
+from ._common import (SETTINGS, EXIT_OK, UsageError, add_checkpoint_option, add_codebook_option,
+                      add_data_options, add_force_option, add_output_option, add_report_options, check_codebook_fits,
+                      check_model_fits, emit, load_codebook_file, load_model_file, load_split, nonnegative_int, percent,
                       positive_float, positive_int, progress_enabled, refuse_overwrite, torch_from, unit_float)
 
 
@@ -55,9 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     codebook = defense = None
     if defended:
         codebook = load_codebook_file(args.codebook)
-        if codebook.n_channels != x_train.shape[1]:
-            raise CommandError(f"{args.codebook} has {codebook.n_channels}-channel codes but {data.name} images have "
-                               f"{x_train.shape[1]} channel(s)")
+        check_codebook_fits(codebook, x_train, str(args.codebook), data.name)
         defense = Discretize(codebook, bpda=args.bpda, alpha=args.alpha)
     base = None
     if args.base is not None:

@@ -1,16 +1,19 @@
 """Data loading: MNIST, Fashion-MNIST, digits, CIFAR-10, GTSRB and ImageNet-dev as uint8 NHWC arrays.
 
-Layout: ``core`` (the ``Dataset`` type, its error, ``as_float_nchw``),
+Layout: ``core`` (the ``Dataset`` type, its error),
 ``registry`` (``DATASETS``, ``load_dataset``), ``cache`` (decoded embedded
 data, in memory and on disk), ``formats`` (IDX and restricted-pickle readers),
 ``splits`` (the seeded stratified split), and one module per source:
 ``embedded`` (MNIST-5k, digits), ``mnist`` (MNIST, Fashion-MNIST),
-``cifar10``, ``gtsrb``, ``imagenet_dev``.
+``cifar10``, ``gtsrb``, ``imagenet_dev``. ``as_float_nchw`` (uint8 NHWC to
+the models' float NCHW) lives with the other input conversions in
+:mod:`pixdisc.inputs`.
 """
 
+from ..inputs import as_float_nchw
 from .cache import cache_dir
 from .cifar10 import load_cifar10
-from .core import Dataset, DatasetNotFoundError, PathLike, as_float_nchw
+from .core import Dataset, DatasetNotFoundError, PathLike
 from .embedded import load_digits, load_mnist5k
 from .formats import read_idx
 from .gtsrb import load_gtsrb

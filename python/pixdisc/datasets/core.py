@@ -76,16 +76,6 @@ class Dataset:
         return (height, width, channels)
 
 
-def as_float_nchw(images: np.ndarray) -> np.ndarray:
-    """Turn uint8 images (N, H, W, C) into a contiguous float32 (N, C, H, W) array in [0, 1]."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"expected uint8 images (N, H, W, C), got {images.dtype} {images.shape}")
-    out = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
-    out /= np.float32(255.0)
-    return out
-
-
 def _require_dir(data_dir: PathLike | None, name: str, how_to_get: str) -> Path:
     """``data_dir`` as a path; None fails with the message that says how to get the files."""
     if data_dir is None:

@@ -22,7 +22,8 @@ from ..certification import Budget
 from ..codebook import Codebook, DensityCodebook
 from ..discretize import Discretize
 from ..evaluation import robustness_interval
-from ..models import _model_device, save_model
+from ..inputs import check_channels
+from ..models import model_device, save_model
 from ..report import paper_reference, write_report
 from ..train import SETTINGS
 from .cache import _model_meta, _Resume, _resume_for
@@ -132,7 +133,7 @@ def _eps_curve(config: ExperimentConfig, models: Mapping[str, nn.Module], x_test
             for eps in config.curve_eps:
                 if eps == 0:  # nothing to attack: robust accuracy is clean accuracy
                     with torch.no_grad():
-                        predictions = model(x_test[:count].to(_model_device(model, x_test.device))).argmax(1).cpu()
+                        predictions = model(x_test[:count].to(model_device(model, x_test.device))).argmax(1).cpu()
                     values.append(float((predictions == y_test[:count]).float().mean()))
                     continue
                 # Madry et al.'s rule of thumb: step = 2.5 eps / steps, so the attack can cross the ball.
@@ -236,9 +237,8 @@ def run_experiment(
         stage_started = time.perf_counter()
         if codebook is None:
             codebook = DensityCodebook(config.k, config.r, metric=config.metric).fit(data.x_train[: len(x_train)])
-        elif codebook.n_channels != x_train.shape[1]:
-            raise ValueError(f"the codebook has {codebook.n_channels} channel(s) but {config.dataset} images have "
-                             f"{x_train.shape[1]}")
+        else:
+            check_channels(codebook, tuple(x_train.shape[1:]), images_name=f"{config.dataset} images")
         defense = Discretize(codebook, bpda=config.bpda, alpha=config.alpha)
         resume = None
         if folder is not None:
