@@ -122,3 +122,28 @@ def test_adaptive_suite_never_reports_more_robust_than_its_own_first_attack():
     alone = evaluate_robustness(defended, x, y, [stages[0].spec], progress=False)
     assert bool((alone.success <= suite.success).all())
     assert bool(suite.success.any())
+
+
+@pytest.mark.slow
+def test_adaptive_suite_is_as_strong_as_the_full_suite_on_a_fixed_small_model():
+    # A fixed small defended model (an MLP trained briefly on 600 digits behind Algorithm 1's k=2 codes): the
+    # demo's adaptive suite must break every image the full suite breaks, or at least as many.
+    from pixdisc import DensityCodebook
+    from pixdisc.attacks import default_attacks
+    from pixdisc.datasets import as_float_nchw, load_digits
+    from pixdisc.train import train_model
+
+    data = load_digits()
+    x, y = torch.from_numpy(as_float_nchw(data.x_train)[:600]), torch.from_numpy(data.y_train[:600])
+    x_test, y_test = torch.from_numpy(as_float_nchw(data.x_test)[:200]), torch.from_numpy(data.y_test[:200])
+    codebook = DensityCodebook(2, 0.5).fit(data.x_train)
+    torch.manual_seed(0)
+    net, _ = train_model(build_model("mlp", input_size=8, hidden=(64,)), x, y, epochs=10, batch_size=32,
+                         progress=False, defense=Discretize(codebook), seed=0)
+    defended = nn.Sequential(Discretize(codebook), net).eval()
+    eps, options = 0.15, {"steps": 20, "step_size": 0.02, "square_queries": 200, "seed": 0}
+    full = evaluate_robustness(defended, x_test, y_test, default_attacks(defended, eps, **options), progress=False)
+    adaptive = evaluate_robustness(defended, x_test, y_test, adaptive_attacks(defended, eps, **options),
+                                   progress=False)
+    assert 0.05 < full.robust_accuracy < full.clean_accuracy - 0.05  # the attacks have work to do here
+    assert adaptive.robust_accuracy <= full.robust_accuracy, (adaptive.robust_accuracy, full.robust_accuracy)
