@@ -75,7 +75,10 @@ def _demo_load_block() -> str:
     return (f"Under load, with {data['busy_processes']} busy processes on the {data['cores']} cores (load average "
             f"{data['load_before'][0]} at the start): **{minutes} min {seconds:02d} s**; the CLI chose "
             f"{data['torch_threads']} torch thread(s) from the load, peak memory {data['peak_rss_mb']} MB; the "
-            f"robust accuracies are {'the same as' if same else 'not identical to'} the idle run's. Command: "
+            f"robust accuracies are {'the same as' if same else 'not identical to'} the idle run's"
+            + ("" if data.get("suite") == "adaptive" else
+               " (measured before the demo's adaptive suite, with every attack on every image still standing)")
+            + ". Command: "
             f"`{data['command']}`.")
 
 
