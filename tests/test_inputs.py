@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-import pixdisc
+torch = pytest.importorskip("torch")
+
+import pixdisc  # noqa: E402
 from pixdisc.inputs import as_float_nchw, as_images, as_labels, check_channels, check_eps, split_defended
 
 
