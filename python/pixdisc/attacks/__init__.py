@@ -14,9 +14,9 @@ paper's budgets per data set live in :mod:`pixdisc.profiles`.
 from ..profiles import PAPER_BUDGETS
 from .base import LOSSES, AttackResult, cross_entropy_loss, cw_margin_loss, result_from_inputs
 from .gradient import adam_sign_attack, pgd, pgd_perturb
-from .suite import (ADAPTIVE_FOCUS, ADAPTIVE_ORDER, ATTACKS, DEEP_SEARCH_FACTOR, FOCUS_SEARCH, GRADIENT_ORDER, QUICK_SEARCH, SUITE,
-                    AttackSpec, Stage, adaptive_attacks, applicable_attacks, attack_spec, contains_discretize, default_attacks,
-                    evaluate_robustness)
+from .suite import (ADAPTIVE_FOCUS, ADAPTIVE_ORDER, ATTACKS, DEEP_SEARCH_FACTOR, FOCUS_SEARCH, GRADIENT_ORDER,
+                    QUICK_SEARCH, SUITE, AttackSpec, Stage, adaptive_attacks, applicable_attacks, attack_spec,
+                    contains_discretize, default_attacks, evaluate_robustness)
 from .sx import SearchBudget, sx_attack
 
 

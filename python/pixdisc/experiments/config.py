@@ -176,7 +176,7 @@ def config_for_dataset(dataset: str, base: ExperimentConfig = DEMO_CONFIG, **ove
 
 
 def setting_attacks(model: Any, config: ExperimentConfig, eps: float, steps: int, step_size: float) -> list[Any]:
-    """The configured suite against ``model`` (what applies to it) at this budget, as ``evaluate_robustness`` entries."""
+    """The configured suite against ``model`` (what applies to it) at this budget: ``evaluate_robustness`` entries."""
     if config.suite == "adaptive":
         return adaptive_attacks(model, eps, steps=steps, step_size=step_size, square_queries=config.square_queries,
                                 seed=config.seed, names=config.attacks)

@@ -202,7 +202,9 @@ def run_experiment(
     ``defense``, ``attack``, ``training``, ``settings`` (per setting: ``n``,
     ``clean_accuracy``, ``robust_accuracy`` (per-sample worst case over the
     attacks), ``robust_after`` (robust accuracy after each attack, cumulative
-    in attack order), ``broken_by`` (images each attack was first to break among those classified correctly before any attack; ``clean_errors`` and ``not_broken`` complete the count to ``n``),
+    in attack order), ``broken_by`` (images each attack was first to break
+    among those classified correctly before any attack; ``clean_errors`` and
+    ``not_broken`` complete the count to ``n``), ``attack_seconds``,
     ``train_seconds``/``eval_seconds``), ``curve`` (robust accuracy vs eps, or
     None), ``paper`` (Table II where the paper has the data set, else None),
     ``checks`` (the paper's MNIST claims, MNIST only), ``timings``,

@@ -205,7 +205,8 @@ def _suite_text(attack: Mapping[str, Any]) -> str:
         return ""
     parts = []
     for entry in attack["attacks"]:
-        where = "every image" if "focus" not in entry else f"the {100 * entry['focus']:g}% of survivors closest to breaking"
+        where = ("every image" if "focus" not in entry
+                 else f"the {100 * entry['focus']:g}% of survivors closest to breaking")
         parts.append(f"{entry['label']} on {where}" + (", while the one before still broke something"
                                                          if entry.get("chained") else ""))
     return "; adaptive suite, in order: " + "; ".join(parts)
