@@ -169,7 +169,7 @@ def _describe(result: Mapping[str, Any]) -> list[str]:
         f"metric {book['params'].get('metric')} -> codes {{{codes}}}; BPDA `{defense['bpda']}`, "
         f"alpha={defense['alpha']:g}",
         f"- attacks (l_inf, eps={attack['eps']:g}; gradient attacks {attack['steps']} steps of "
-        f"{attack['step_size']:g}, through BPDA where the defense is present): {names}{_suite_text(attack)}; "
+        f"{attack['step_size']:g}, through BPDA where the defense is present): {_suite_text(attack) or names}; "
         f"accuracies in % "
         f"with 95% Clopper-Pearson intervals in parentheses (results.json: fractions, `ci95` per accuracy)",
         f"- robust accuracy is an interval: the ceiling is what no attack broke, the floor what `certify` proved "
@@ -191,7 +191,7 @@ def _budget_text(budget: Mapping[str, Any] | None) -> str:
     if not budget:
         return "default budget"
     bound = {"ibp": "interval bounds", "crown": "CROWN"}.get(budget.get("bound", "crown"), budget.get("bound"))
-    limits = [f"at most {budget['nodes']} nodes"]
+    limits = [f"at most {budget['nodes']} node{'s' if budget['nodes'] != 1 else ''}"]
     if budget.get("work") is not None:
         limits.append(f"{budget['work']:g} forward passes of work")
     if budget.get("seconds") is not None:
@@ -209,7 +209,7 @@ def _suite_text(attack: Mapping[str, Any]) -> str:
                  else f"the {100 * entry['focus']:g}% of survivors closest to breaking")
         parts.append(f"{entry['label']} on {where}" + (", while the one before still broke something"
                                                          if entry.get("chained") else ""))
-    return "; adaptive suite, in order: " + "; ".join(parts)
+    return "the adaptive suite, in order: " + "; ".join(parts)
 
 
 def _training_summary(training: Mapping[str, Any]) -> str:
