@@ -315,13 +315,13 @@ def test_train_certified_schedule_options_default_to_the_recipe_and_need_mode_ce
     pytest.importorskip("torch")
     from pixdisc.plan import certified_recipe
 
-    # The help gives certified_recipe's rule; for 20 epochs it is the README's Fashion-MNIST recipe.
+    # The help gives the ibp recipe's rule (certified_recipe); for 20 epochs it is the README's Fashion-MNIST recipe.
     assert certified_recipe(20) == {"warmup_epochs": 1, "ramp_epochs": 6, "lr_milestones": (14, 17),
                                     "kappa_end": 0.7}
     _, commands = _subparsers()
     helps = {action.dest: action.help for action in commands["train"]._actions}
-    assert "(default 1)" in helps["warmup_epochs"] and "6 for 20 epochs" in helps["ramp_epochs"]
-    assert "14 17 for 20 epochs" in helps["lr_milestones"] and "default 0.7" in helps["kappa_end"]
+    assert "ibp: 1)" in helps["warmup_epochs"] and "6 for 20 epochs" in helps["ramp_epochs"]
+    assert "14 17 for 20 epochs" in helps["lr_milestones"] and "ibp: 0.7" in helps["kappa_end"]
     out = str(tmp_path / "m.pt")
     _usage_error(["train", "--mode", "natural", "--kappa-end", "0.7", "-o", out],
                  "--kappa-end: the schedule of bound-based training, only for --mode certified", capsys)
@@ -358,7 +358,10 @@ def test_train_certified_cli_trains_what_the_library_recipe_trains(tmp_path, cap
                      "--warmup-epochs", "1", "--ramp-epochs", "1", "--lr-milestones", "2", "--kappa-end", "0.7",
                      "--limit", str(n), "--test-limit", "100", "--device", "cpu",
                      "--checkpoint", str(tmp_path / "fm-disc.ckpt"), "-o", str(model), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["schedule"] == schedule
+    # --json streams one line per epoch, then the result.
+    *epochs, result = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(row["event"], row["epoch"], row["epochs"]) for row in epochs] == [("epoch", e, 3) for e in (1, 2, 3)]
+    assert result["event"] == "result" and result["schedule"] == schedule and result["changed"]
     cli_net, meta = load_model(model, return_meta=True)
     assert meta["training"] == {"epochs": 3, "batch_size": 128, "lr": 1e-3, "seed": 0, "n_train": n, **schedule}
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Optional
 
+from .certified_training import add_recipe_options, show_recipe, train_certified_command
 from ._common import (SETTINGS, EXIT_OK, UsageError, add_checkpoint_option, add_codebook_option,
                       add_data_options, add_force_option, add_output_option, add_report_options, check_codebook_fits,
                       check_model_fits, emit, load_codebook_file, load_model_file, load_split, nonnegative_int, percent,
-                      positive_float, positive_int, progress_enabled, refuse_overwrite, torch_from, unit_float)
+                      positive_float, positive_int, progress_enabled, refuse_overwrite, unit_float)
 
 
 def _resolve_setting(args: argparse.Namespace) -> str:
@@ -31,16 +32,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..experiments.plan import adversarial_recipe
     from ..train import train_setting
 
-    schedule_options = (("--warmup-epochs", args.warmup_epochs), ("--ramp-epochs", args.ramp_epochs),
-                        ("--lr-milestones", args.lr_milestones), ("--kappa-end", args.kappa_end))
-    certified_only = [flag for flag, value in schedule_options if value is not None]
+    if args.recipe is not None or args.show_recipe:
+        if args.setting is not None or args.mode not in (None, "certified"):
+            flag = "--recipe" if args.recipe is not None else "--show-recipe"
+            raise UsageError(f"{flag} is certified training; drop --setting/--mode or use --mode certified")
+        args.mode = "certified"
+    certified_options = (("--warmup-epochs", args.warmup_epochs), ("--ramp-epochs", args.ramp_epochs),
+                         ("--lr-milestones", args.lr_milestones), ("--kappa-end", args.kappa_end),
+                         ("--member-weight", args.member_weight), ("--bound", args.bound))
+    certified_only = [flag for flag, value in certified_options if value is not None]
     if certified_only and args.mode != "certified":
         raise UsageError(f"{', '.join(certified_only)}: the schedule of bound-based training, only for --mode "
                          f"certified")
+    if args.mode == "certified" and args.show_recipe:
+        return show_recipe(args)
     # Rerunning with an existing checkpoint continues the same run: its output may be replaced.
     refuse_overwrite(args.output, args.force or (args.checkpoint is not None and args.checkpoint.exists()))
     if args.mode == "certified":
-        return _train_certified(args)
+        return train_certified_command(args)
+    for name, default in (("epochs", 5), ("batch_size", 64), ("lr", 1e-3)):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     setting = _resolve_setting(args)
     defended = setting.startswith("disc_")
     if defended and args.codebook is None:
@@ -148,28 +160,33 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", type=Path, metavar="MODEL",
                    help="model file to start from (the pre-trained network of *_re settings; without it they "
                         "train from scratch)")
-    p.add_argument("--epochs", type=positive_int, default=5, help="training epochs (default 5)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default 64)")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="training epochs (default 5; --mode certified: the recipe's, its schedule stretched to fit)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="images per step (default 64; --mode certified: the recipe's)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="Adam learning rate (default 1e-3; --mode certified: the recipe's)")
     p.add_argument("--eps", type=unit_float, default=None,
-                   help="adversarial training eps (default: the paper's); required for --mode certified")
+                   help="adversarial training eps (default: the paper's); --mode certified: the training eps "
+                        "(default: the recipe's; the ibp recipe has none, so it is required there)")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="PGD steps in adversarial training (default: the paper's)")
     p.add_argument("--step-size", type=positive_float, default=None, help="PGD step size (default: the paper's)")
-    # Defaults None: pixdisc.experiments.plan.certified_recipe derives them from --epochs (the help spells out
-    # its rule; the parser is built without importing torch, so it cannot ask it).
+    # Defaults None: the recipe's (pixdisc.recipes; the help spells out the ibp recipe's rule, the parser is
+    # built without importing torch).
+    add_recipe_options(p)
     p.add_argument("--warmup-epochs", type=nonnegative_int, default=None, metavar="N",
-                   help="--mode certified: natural epochs before the eps ramp starts (default 1)")
+                   help="--mode certified: natural epochs before the eps ramp starts (default: the recipe's; ibp: 1)")
     p.add_argument("--ramp-epochs", type=nonnegative_int, default=None, metavar="N",
-                   help="--mode certified: epochs over which eps grows linearly from 0 to --eps (default: a third "
-                        "of --epochs, rounded down, at least 1: 6 for 20 epochs)")
+                   help="--mode certified: epochs over which eps grows linearly from 0 to --eps (default: the "
+                        "recipe's share of the epochs; ibp: a third, rounded down, at least 1: 6 for 20 epochs)")
     p.add_argument("--lr-milestones", type=nonnegative_int, nargs="*", default=None, metavar="EPOCH",
                    help="--mode certified: epochs (counted from 0) from which on the learning rate is divided by 10 "
-                        "once more (default: 70%% and 85%% of --epochs, rounded down: 14 17 for 20 epochs; the "
-                        "flag alone keeps the rate constant)")
+                        "once more (default: the recipe's shares; ibp: 70%% and 85%% of the epochs, rounded down: "
+                        "14 17 for 20 epochs; the flag alone keeps the rate constant)")
     p.add_argument("--kappa-end", type=unit_float, default=None, metavar="KAPPA",
-                   help="--mode certified: weight of the natural loss at the end of the eps ramp, going down from 1 "
-                        "(the rest is the bound loss; default 0.7)")
+                   help="--mode certified: weight of the point loss at the end of the eps ramp, going down from 1 "
+                        "(the rest is the bound loss; default: the recipe's; ibp: 0.7)")
     p.add_argument("--limit", type=positive_int, default=None, help="train on the first N training images")
     p.add_argument("--test-limit", type=positive_int, default=None, help="report accuracy on the first N test images")
     add_checkpoint_option(p, "write a checkpoint after every epoch (and when interrupted) and resume from it if it "
@@ -180,65 +197,3 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     add_force_option(p)
     add_report_options(p)
     p.set_defaults(func=cmd_train)
-
-
-def _train_certified(args: argparse.Namespace) -> int:
-    """`pixdisc train --mode certified`: bound-based training for the certificate."""
-    import torch
-
-    from .. import __version__
-    from ..models import build_model, predict, save_model
-    from ..experiments.plan import certified_recipe
-    from ..train import train_certified
-
-    if args.eps is None:
-        raise UsageError("--mode certified needs --eps, the budget the certificate should hold for")
-    schedule = _certified_schedule(args, certified_recipe(args.epochs))
-    x_train, y_train, data = load_split(args.dataset, args.data_dir, "train", args.limit)
-    x_test, y_test, _ = load_split(args.dataset, args.data_dir, "test", args.test_limit)
-    codebook = load_codebook_file(args.codebook) if args.codebook is not None else None
-    arch = args.arch or "cert_cnn"
-    kwargs = {} if arch == "cifar_resnet" else {"input_size": list(x_train.shape[2:])}
-    # --seed seeds the initialisation too (as train_setting does), without disturbing the global RNG: the
-    # library's `torch.manual_seed(seed); build_model(arch)` gives the same network.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        net = build_model(arch, in_channels=int(x_train.shape[1]), num_classes=data.num_classes, **kwargs)
-    started = time.perf_counter()
-    net, history = train_certified(net, x_train, y_train, codebook, eps=args.eps, epochs=args.epochs,
-                                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=progress_enabled(args),
-                                   device=args.device, checkpoint_path=args.checkpoint, **schedule)
-    seconds = time.perf_counter() - started
-    x_eval = x_test if codebook is None else torch_from(codebook.transform(x_test.numpy(), channel_axis=1))
-    test_accuracy = float((predict(net, x_eval) == y_test).float().mean())
-    meta = {"setting": "certified", "dataset": data.name, "input_shape": [int(v) for v in x_train.shape[1:]],
-            "num_classes": int(data.num_classes), "eps_train": args.eps,
-            "defense": None if codebook is None else {"codebook": str(args.codebook), "codes": codebook.codes_.tolist(),
-                                                      "metric": codebook.metric},
-            "training": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                         "n_train": int(len(x_train)), **schedule},
-            "history": history, "test_accuracy": test_accuracy, "pixdisc": __version__}
-    save_model(net, args.output, meta=meta)
-    report = {"setting": "certified", "arch": arch, "dataset": data.name, "eps": args.eps, "seconds": seconds,
-              "test_accuracy": test_accuracy, "train_verified": history["verified"][-1] if history["verified"] else None,
-              "schedule": schedule, "output": str(args.output), "history": history}
-    emit(args, report, [f"certified training ({arch}, eps={args.eps}) on {data.name}: {seconds:.1f} s, "
-                         f"clean test accuracy {percent(test_accuracy)}"
-                         + (" on discretized images" if codebook is not None else ""),
-                         f"model written to {args.output}; check it with `pixdisc certify {args.output} "
-                         + ("" if codebook is not None else "--codebook CODES ")  # the file records its codebook
-                         + f"--eps {args.eps}`"])
-    return EXIT_OK
-
-
-def _certified_schedule(args: argparse.Namespace, recipe: Dict[str, Any]) -> Dict[str, Any]:
-    """train_certified's schedule: the options given, the rest from ``recipe`` (certified_recipe of --epochs)."""
-    given = {"warmup_epochs": args.warmup_epochs, "ramp_epochs": args.ramp_epochs, "kappa_end": args.kappa_end,
-             "lr_milestones": None if args.lr_milestones is None else sorted(args.lr_milestones)}
-    schedule = {name: recipe[name] if value is None else value for name, value in given.items()}
-    schedule["lr_milestones"] = [int(epoch) for epoch in schedule["lr_milestones"]]
-    late = [epoch for epoch in given["lr_milestones"] or () if epoch >= args.epochs]
-    if late:
-        raise UsageError(f"--lr-milestones {' '.join(map(str, late))}: epochs are counted from 0, so with --epochs "
-                         f"{args.epochs} a milestone must be below {args.epochs} to apply")
-    return schedule

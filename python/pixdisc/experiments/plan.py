@@ -77,10 +77,13 @@ def adversarial_recipe(dataset: str) -> dict[str, Any]:
 
 
 def certified_recipe(epochs: int) -> dict[str, Any]:
-    """Schedule of bound-based training over ``epochs``: one natural epoch, eps ramped over the first
-    third, learning rate divided by 10 at 70% and 85%, final loss weight 0.7 on the clean term."""
-    return {"warmup_epochs": min(1, epochs), "ramp_epochs": max(1, epochs // 3),
-            "lr_milestones": (int(epochs * 0.7), int(epochs * 0.85)), "kappa_end": 0.7}
+    """Schedule of bound-based training over ``epochs``: the ``ibp`` recipe's (:mod:`pixdisc.recipes`) — one
+    natural epoch, eps ramped over the first third, learning rate divided by 10 at 70% and 85%, final loss
+    weight 0.7 on the clean term."""
+    from ..recipes import get_recipe
+
+    schedule = get_recipe("ibp").with_epochs(epochs).schedule()
+    return {**schedule, "lr_milestones": tuple(schedule["lr_milestones"])}
 
 
 @dataclass
