@@ -236,3 +236,38 @@ def test_member_training_refuses_a_multichannel_codebook():
     with pytest.raises(ValueError, match="one-channel codebook"):
         train_certified(net, x, np.zeros(20, np.int64), book, eps=0.1, epochs=1, member_weight=0.5,
                         progress=False)
+
+
+def test_cli_shows_resolves_and_trains_a_recipe(tmp_path, capsys):
+    from pixdisc import cli
+
+    assert cli.main(["train", "--recipe", "fashion-mnist", "--show-recipe"]) == 0
+    text = capsys.readouterr().out
+    assert "recipe fashion-mnist" in text and "batch_norm=True" in text and "init ibp" in text
+    assert cli.main(["train", "--recipe", "fashion-mnist", "--epochs", "10", "--member-weight", "0.5",
+                     "--show-recipe", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["changed"] == ["epochs", "member_weight"] and shown["schedule"]["ramp_epochs"] == 3
+    assert Recipe.from_dict(shown["recipe"]) == get_recipe("fashion-mnist").replace(epochs=10, member_weight=0.5)
+    for argv, message in ((["--recipe", "ibp", "--mode", "natural"], "--recipe is certified training"),
+                          (["--mode", "natural", "--member-weight", "0.5"], "only for --mode certified"),
+                          (["--recipe", "ibp"], "needs --eps"),
+                          (["--recipe", "ibp", "--eps", "0.1", "--ramp-epochs", "30"], "longer than the 20 epochs")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["train", *argv, "-o", str(tmp_path / "m.pt")])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err, err
+    # A short run on the digits: one JSON line per epoch, then the result; the model file keeps the recipe.
+    model = tmp_path / "m.pt"
+    codes = tmp_path / "codes.npz"
+    _codebook().save(codes)
+    assert cli.main(["train", "--recipe", "fashion-mnist", "--dataset", "digits", "--arch", "mlp", "--epochs", "2",
+                     "--limit", "200", "--test-limit", "50", "--codebook", str(codes), "--checkpoint",
+                     str(tmp_path / "m.ckpt"), "-o", str(model), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["event"] for row in lines] == ["epoch", "epoch", "result"]
+    assert lines[-1]["changed"] == ["arch", "arch_kwargs", "epochs"]
+    _, meta = pixdisc.models.load_model(model, return_meta=True)
+    assert Recipe.from_dict(meta["recipe"]) == recipe_from_checkpoint(tmp_path / "m.ckpt")
+    assert Recipe.from_dict(meta["recipe"]).arch == "mlp"
