@@ -243,7 +243,7 @@ def test_cli_shows_resolves_and_trains_a_recipe(tmp_path, capsys):
 
     assert cli.main(["train", "--recipe", "fashion-mnist", "--show-recipe"]) == 0
     text = capsys.readouterr().out
-    assert "recipe fashion-mnist" in text and "batch_norm=True" in text and "init ibp" in text
+    assert "recipe fashion-mnist" in text and "width=32" in text and "certification at eps 0.1" in text
     assert cli.main(["train", "--recipe", "fashion-mnist", "--epochs", "10", "--member-weight", "0.5",
                      "--show-recipe", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
