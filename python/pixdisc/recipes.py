@@ -179,14 +179,14 @@ def train_recipe(
     checkpoint_path: Any = None,
     on_epoch: Optional[Callable[[dict[str, float]], None]] = None,
 ) -> tuple[Any, dict[str, list[float]]]:
-    """Build the recipe's network (from ``seed``) and train it with :func:`pixdisc.train.train_certified`.
+    """Build the recipe's network (from ``seed``) and train it with :func:`pixdisc.bound_training.train_certified`.
 
     ``eps`` overrides the recipe's training eps (needed when the recipe has
     none). The checkpoint records the recipe, so resuming under another one
     is refused. Returns (network in eval mode, history).
     """
     from .inputs import as_images
-    from .train import train_certified
+    from .bound_training import train_certified
 
     eps = recipe.eps if eps is None else eps
     if eps is None:
