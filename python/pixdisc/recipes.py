@@ -154,6 +154,12 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
                             "--certified`: attack member plus interval bounds, a wider CertCNN, 24 epochs",
            eps=0.12, certify_eps=0.1, arch_kwargs={"width": 32, "hidden": 512}, epochs=24, member_weight=1.0,
            kappa_end=0.7),
+    # MNIST-5k (4,000 training images) behind the k=2 density codes: benchmarks/certify_mnist.py's budgets with
+    # the attack member (probes: +0.3 / +0.5 points CROWN-verified at eps 0.1 / 0.3; width 32 added 0.1).
+    Recipe("mnist5k-eps0.1", "MNIST-5k at eps 0.1 behind the k=2 density codes: attack member plus interval "
+                             "bounds, 40 epochs", eps=0.15, certify_eps=0.1, epochs=40, member_weight=1.0),
+    Recipe("mnist5k-eps0.3", "MNIST-5k at eps 0.3 behind the k=2 density codes: attack member plus interval "
+                             "bounds, 80 epochs", eps=0.4, certify_eps=0.3, epochs=80, member_weight=1.0),
 )}
 
 
