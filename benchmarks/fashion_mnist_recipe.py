@@ -94,7 +94,7 @@ def evaluate(models: Path, out: Path, recipe_name: str, pause: list[int]) -> Non
     from pixdisc.attacks import adaptive_attacks, evaluate_robustness
     from pixdisc.bounds import certified_by_bounds
     from pixdisc.certification import Budget, certify
-    from pixdisc.models import load_model
+    from pixdisc.models import load_model, predict
 
     data, _, x_test = _data()
     book = _codebook(data)
@@ -128,7 +128,7 @@ def evaluate(models: Path, out: Path, recipe_name: str, pause: list[int]) -> Non
                                      "train_seconds": float(sum(history["seconds"])),
                                      "epoch_seconds": history["seconds"], "torch_threads": meta["torch_threads"],
                                      "load_before": meta["load_before"],
-                                     "clean": float((pixdisc.models.predict(defended, x_test) ==
+                                     "clean": float((predict(defended, x_test) ==
                                                      torch.from_numpy(y_test)).float().mean())})
         if kind == "disc":
             def floor() -> dict[str, Any]:
@@ -189,9 +189,10 @@ def render(data: dict[str, Any]) -> str:
     for name in sorted(data.get("models", {})):
         ceiling = data["steps"].get(f"{name}/ceiling")
         if ceiling:
+            counterexamples = ", and certify's counterexamples" if data["models"][name]["kind"] == "disc" else ""
             lines.append(f"- {name}, first {ceiling['n']:,} test images: floor {100 * ceiling['floor']:.1f}%, ceiling "
-                         f"{100 * ceiling['ceiling']:.1f}% (adaptive suite {', '.join(ceiling['attacks'])}, seed 0, "
-                         "and certify's counterexamples).")
+                         f"{100 * ceiling['ceiling']:.1f}% (adaptive suite {', '.join(ceiling['attacks'])}, seed 0"
+                         f"{counterexamples}).")
     budget = data.get("budget", BUDGET)
     lines += ["", f"eps {data.get('eps', EPS):g}, all 10,000 test images. disc: `pixdisc.certify(..., bound="
                   f"'{data.get('tier', TIER)}', budget=Budget(nodes={budget['nodes']}, seconds=None, "

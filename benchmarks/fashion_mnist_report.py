@@ -375,7 +375,7 @@ def recipe_section(data: dict[str, Any] | None) -> list[str]:
                        f"{BOOSTED_TREES:.1%} (Andriushchenko & Hein 2019)", certified > BOOSTED_TREES))
         lines += [f"- {'met' if ok else '**not met**'}: {text}" for text, ok in checks] + [""]
     lines += [f"Recipe `{recipe['name']}` (`pixdisc train --recipe {recipe['name']} --show-recipe`): "
-              f"{recipe['arch']} {recipe['arch_kwargs']}, {recipe['epochs']} epochs of batch {recipe['batch_size']} "
+              f"{recipe['arch']} ({', '.join(f'{k}={v}' for k, v in recipe['arch_kwargs'].items())}), {recipe['epochs']} epochs of batch {recipe['batch_size']} "
               f"on all 60,000 training images, eps_train {recipe['eps']:g}, attack-member weight "
               f"{recipe['member_weight']:g}, bound {recipe['bound']}, kappa 1 -> {recipe['kappa_end']:g}.", ""]
     lines += fashion_mnist_recipe.render(data).splitlines() + [""]
