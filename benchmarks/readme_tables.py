@@ -27,7 +27,8 @@ files and the README cannot drift from the data), then fills:
 - `<!-- fashion-mnist-tiers -->`: `benchmarks/fashion_mnist/tiers.json` (benchmarks/fashion_mnist_tiers.py);
 - `<!-- demo-tiers -->`: `benchmarks/demo_tiers.json` (benchmarks/demo_tiers.py);
 - `<!-- demo-suite -->`: `benchmarks/demo_suite.json` (benchmarks/demo_suite.py: the demo timed, and its adaptive
-  suite against the full suite on the same models).
+  suite against the full suite on the same models);
+- `<!-- mnist5k-recipe -->`: `benchmarks/mnist5k_recipe.json` (benchmarks/mnist5k_recipe.py).
 """
 
 from __future__ import annotations
@@ -168,6 +169,12 @@ def _demo_suite_block() -> str:
     return _rendered("demo_suite", demo_suite.render)
 
 
+def _mnist5k_recipe_block() -> str:
+    import mnist5k_recipe
+
+    return _rendered("mnist5k_recipe", mnist5k_recipe.render)
+
+
 def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
@@ -178,7 +185,7 @@ def main() -> None:
               "analysis-mnist": _analysis_mnist_block, "analysis-neighbourhoods": _neighbourhoods_block,
               "fashion-mnist": _fashion_block, "certify-scale": _certify_scale_block,
               "fashion-mnist-tiers": _fashion_tiers_block, "demo-tiers": _demo_tiers_block,
-              "demo-suite": _demo_suite_block}
+              "demo-suite": _demo_suite_block, "mnist5k-recipe": _mnist5k_recipe_block}
     for marker, make in blocks.items():
         pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
         if not pattern.search(text):
