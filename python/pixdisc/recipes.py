@@ -147,9 +147,10 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     Recipe("ibp", "interval-bound training with a natural-loss share (the schedule `--epochs` used to derive): "
                   "CertCNN, 20 epochs, eps ramped over the first third"),
-    # Chosen by 20,000-image, 10-epoch probes (CROWN-verified share of 1,000 test images at eps 0.1): the
-    # attack member +1.8 points over T(x) alone at eps_train 0.12, eps_train 0.12 +0.7 over 0.15, width 32 /
-    # hidden 512 +1.5 over 16 / 256; BatchNorm -6.6 and IBP initialisation -0.2 at this depth, so both off.
+    # Chosen by 20,000-image, 10-epoch probes (benchmarks/recipe_probes/results.md; CROWN-verified share of
+    # 1,000 test images at eps 0.1): the attack member +1.8 points over T(x) alone at eps_train 0.12,
+    # eps_train 0.12 +0.7 over 0.15, width 32 / hidden 512 +1.5 over 16 / 256; BatchNorm with IBP
+    # initialisation -6.6 and IBP initialisation alone -0.2 at this depth, so both off.
     Recipe("fashion-mnist", "Fashion-MNIST at eps 0.1 behind `pixdisc codebook --dataset fashion_mnist "
                             "--certified`: attack member plus interval bounds, a wider CertCNN, 24 epochs",
            eps=0.12, certify_eps=0.1, arch_kwargs={"width": 32, "hidden": 512}, epochs=24, member_weight=1.0,
