@@ -172,6 +172,10 @@ def test_ibp_initialisation_scales_weights_by_fan_in():
 
 
 def test_recipes_validate_and_stretch_their_schedule():
+    from pixdisc import recipes
+    from pixdisc.bound_training import TRAINING_BOUNDS
+
+    assert recipes.BOUNDS == TRAINING_BOUNDS
     ibp = get_recipe("ibp")
     assert ibp.schedule() == {"warmup_epochs": 1, "ramp_epochs": 6, "lr_milestones": [14, 17], "kappa_end": 0.7}
     assert ibp.with_epochs(9).schedule()["ramp_epochs"] == 3 and ibp.with_epochs(9).schedule()["lr_milestones"] == [6, 7]

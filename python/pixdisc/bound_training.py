@@ -141,6 +141,7 @@ def _bound_margins(model: nn.Module, lower: Tensor, upper: Tensor, y: Tensor, bo
         return ramp * interval + (1.0 - ramp) * linear
 
 
+# pixdisc.recipes.BOUNDS too (recipes is imported without torch, so it cannot read this; a test checks both).
 TRAINING_BOUNDS = ("ibp", "crown-ibp", "crown")
 
 

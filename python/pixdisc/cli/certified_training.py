@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 
 from ._common import (EXIT_OK, UsageError, emit, load_codebook_file, load_split, percent, progress_enabled,
                       torch_from, unit_float)
-from ..recipes import RECIPES, Recipe, get_recipe
+from ..recipes import BOUNDS, RECIPES, Recipe, get_recipe
 
 DEFAULT_RECIPE = "ibp"
 
@@ -26,7 +26,7 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--member-weight", type=unit_float, default=None, metavar="W",
                    help="--mode certified: share of the point loss taken on the attack member (signed-gradient "
                         "steps over the vertices of S(x)'s hull) instead of T(x) (default: the recipe's)")
-    p.add_argument("--bound", choices=("ibp", "crown-ibp", "crown"), default=None,
+    p.add_argument("--bound", choices=BOUNDS, default=None,
                    help="--mode certified: bound of the loss (default: the recipe's)")
 
 
