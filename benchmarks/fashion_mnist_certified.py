@@ -170,6 +170,20 @@ class Paused:
             os.kill(pid, signal.SIGCONT)
 
 
+def timed(body: Callable[[], dict[str, Any]], pause: list[int]) -> dict[str, Any]:
+    """Run one timed step with the processes ``pause`` stopped; its row gains load before/after, peak memory
+    (process and children) and, when others were paused, how long they were."""
+    paused_at = time.perf_counter()
+    with Paused(pause):
+        load = os.getloadavg()[0]
+        with PeakMemory() as memory:
+            row = body()
+    row.update({"load_before": load, "load_after": os.getloadavg()[0], "peak_rss_mb": memory.peak / 2**20})
+    if pause:
+        row["paused_others_seconds"] = time.perf_counter() - paused_at
+    return row
+
+
 def _step(results: dict[str, Any], out: Path, key: str, run: Callable[[], dict[str, Any]],
           pause: list[int] | None = None) -> None:
     if key in results["steps"]:

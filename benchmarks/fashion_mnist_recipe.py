@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fashion_mnist_certified import Paused, PeakMemory, _codebook, _data, _save
+from fashion_mnist_certified import _codebook, _data, _save, timed
 
 EPS = 0.1
 BUDGET = {"nodes": 2000, "seconds": None, "work": 20_000}
@@ -108,14 +108,7 @@ def evaluate(models: Path, out: Path, recipe_name: str, pause: list[int]) -> Non
     def step(key: str, body: Any) -> None:
         if key in _load(out).get("steps", {}):
             return
-        paused_at = time.perf_counter()
-        with Paused(pause):
-            load = os.getloadavg()[0]
-            with PeakMemory() as memory:
-                row = body()
-        row.update({"load_before": load, "load_after": os.getloadavg()[0], "peak_rss_mb": memory.peak / 2**20})
-        if pause:
-            row["paused_others_seconds"] = time.perf_counter() - paused_at
+        row = timed(body, pause)
         print(key, json.dumps(row), flush=True)
         _merge(out, "steps", key, row)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fashion_mnist_certified import Paused, PeakMemory, _codebook, _data, _save
+from fashion_mnist_certified import _codebook, _data, _save, timed
 
 EPS = 0.1
 # Per image: 2000 branch-and-bound nodes and 20,000 forward passes' worth of bound work; no clock.
@@ -49,14 +49,7 @@ def run(models: Path, out: Path, pause: list[int]) -> None:
     def step(key: str, body: Any) -> None:
         if key in results["steps"]:
             return
-        paused_at = time.perf_counter()
-        with Paused(pause):
-            load = os.getloadavg()[0]
-            with PeakMemory() as memory:
-                row = body()
-        row.update({"load_before": load, "load_after": os.getloadavg()[0], "peak_rss_mb": memory.peak / 2**20})
-        if pause:
-            row["paused_others_seconds"] = time.perf_counter() - paused_at
+        row = timed(body, pause)
         results["steps"][key] = row
         print(key, json.dumps({k: v for k, v in row.items() if k != "outcomes"}), flush=True)
         _save(out, results)
