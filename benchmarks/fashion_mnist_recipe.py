@@ -44,11 +44,20 @@ def _load(out: Path) -> dict[str, Any]:
     return json.loads(out.read_text()) if out.exists() else {}
 
 
-def _merge(out: Path, section: str, key: str, row: dict[str, Any]) -> None:
-    """Write one row into the results file as it is on disk now (another process may have added rows)."""
-    results = _load(out)
-    results.setdefault(section, {})[key] = row
-    _save(out, results)
+def _merge(out: Path, section: str | None, key: str, row: dict[str, Any]) -> None:
+    """Write one row (``section`` None: top-level fields) into the results file as it is on disk now; a lock
+    file keeps the merges of two processes apart."""
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = _load(out)
+        if section is None:
+            results.update(row)
+        else:
+            results.setdefault(section, {})[key] = row
+        _save(out, results)
 
 
 def train(kind: str, seed: int, recipe_name: str, models: Path, out: Path) -> None:
@@ -87,7 +96,7 @@ def _models(models: Path, recipe_name: str) -> list[tuple[str, int, Path]]:
     return found
 
 
-def evaluate(models: Path, out: Path, recipe_name: str, pause: list[int]) -> None:
+def evaluate(models: Path, out: Path, recipe_name: str, pause: list[int], only: list[str] | None = None) -> None:
     import torch
 
     import pixdisc
@@ -99,11 +108,8 @@ def evaluate(models: Path, out: Path, recipe_name: str, pause: list[int]) -> Non
     data, _, x_test = _data()
     book = _codebook(data)
     y_test = data.y_test
-    results = _load(out)
-    results.update({"eps": EPS, "budget": BUDGET, "tier": TIER, "cores": os.cpu_count(),
-                    "codes_255": np.rint(book.codes_.ravel() * 255).astype(int).tolist()})
-    results.setdefault("steps", {})
-    _save(out, results)
+    _merge(out, None, "", {"eps": EPS, "budget": BUDGET, "tier": TIER, "cores": os.cpu_count(),
+                           "codes_255": np.rint(book.codes_.ravel() * 255).astype(int).tolist()})
 
     def step(key: str, body: Any) -> None:
         if key in _load(out).get("steps", {}):
@@ -113,6 +119,8 @@ def evaluate(models: Path, out: Path, recipe_name: str, pause: list[int]) -> Non
         _merge(out, "steps", key, row)
 
     for kind, seed, path in _models(models, recipe_name):
+        if only and path.stem not in only:
+            continue
         net, meta = load_model(path, return_meta=True)
         name = path.stem
         history = meta["history"]
@@ -205,13 +213,15 @@ def main() -> None:
     parser.add_argument("--recipe", default="fashion-mnist")
     parser.add_argument("--models", type=Path, default=MODELS)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--only", nargs="*", default=None, metavar="MODEL",
+                        help="evaluate: only these models (file stems, e.g. fashion-mnist-disc-s1)")
     parser.add_argument("--pause", type=int, nargs="*", default=[], metavar="PID",
                         help="stop these processes (other runs) during the timed steps")
     args = parser.parse_args()
     if args.command == "train":
         train(args.kind, args.seed, args.recipe, args.models, args.out)
     elif args.command == "evaluate":
-        evaluate(args.models, args.out, args.recipe, args.pause)
+        evaluate(args.models, args.out, args.recipe, args.pause, args.only)
     if args.command in ("evaluate", "render") and args.out.exists():
         args.out.with_suffix(".md").write_text(render(_load(args.out)) + "\n")
 
