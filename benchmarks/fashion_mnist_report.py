@@ -374,6 +374,24 @@ def recipe_section(data: dict[str, Any] | None) -> list[str]:
         checks.append((f"above the best published certified accuracy at eps 0.1, provably robust boosted trees "
                        f"{BOOSTED_TREES:.1%} (Andriushchenko & Hein 2019)", certified > BOOSTED_TREES))
         lines += [f"- {'met' if ok else '**not met**'}: {text}" for text, ok in checks] + [""]
+    ceiling = next((data["steps"][f"{name}/ceiling"] for name, model in sorted(data["models"].items())
+                    if model["kind"] == "disc" and f"{name}/ceiling" in data["steps"]), None)
+    first = (_load("certified") or {}).get("steps", {}).get("disc/default/0.1")
+    if disc and ceiling and first:
+        limit = ("the verifier decides nearly every image, so the model, not the bound, is what is short of the "
+                 "target" if ceiling["ceiling"] - ceiling["floor"] < 0.01 else
+                 "the gap between floor and ceiling is where a stronger verifier or attack would move the number")
+        lines += [f"Reading: the recipe certifies {_pct(certified, 2)} (mean of {len(disc)} seed(s)), "
+                  f"{100 * (certified - first['certified']):+.1f} points over the first model below (issue 10, "
+                  f"{_pct(first['certified'])}), with {_pct(clean, 1)} clean accuracy. On the first {ceiling['n']:,} "
+                  f"test images of seed 0 the floor is {_pct(ceiling['floor'])} and the strongest attacks' ceiling "
+                  f"{_pct(ceiling['ceiling'])}: {limit}. What moved it and what did not is measured in "
+                  "[recipe_probes/results.md](recipe_probes/results.md) (20,000 images, 10 epochs, CROWN-verified "
+                  "share of 1,000 test images): the attack member in the loss, a training eps closer to the "
+                  "certified one (0.12 instead of 0.15) and a wider network each added 0.7-1.8 points, BatchNorm "
+                  "with IBP initialisation lost 6.6 at this depth, more attack steps and a larger bound weight "
+                  "nothing. Training took well under the issue's 2.5 hours per model (table); a wider network or more "
+                  "epochs within that budget were not tried.", ""]
     lines += [f"Recipe `{recipe['name']}` (`pixdisc train --recipe {recipe['name']} --show-recipe`): "
               f"{recipe['arch']} ({', '.join(f'{k}={v}' for k, v in recipe['arch_kwargs'].items())}), {recipe['epochs']} epochs of batch {recipe['batch_size']} "
               f"on all 60,000 training images, eps_train {recipe['eps']:g}, attack-member weight "
