@@ -12,8 +12,8 @@ from its per-epoch checkpoint in MODELS. Two `train` processes may run side by
 side (each writes only its own model; the results file is merged). `evaluate`
 certifies every disc model on all 10,000 test images at eps 0.1 with a work
 budget (no wall clock: `BUDGET`, top tier alpha-CROWN), verifies every plain
-model with IBP, then CROWN, then alpha-CROWN bounds on the eps-box (the plain
-model has no S(x) to branch over), and puts the adaptive attack suite's
+model with IBP, then CROWN bounds on the eps-box (the plain model has no S(x)
+to branch over), and puts the adaptive attack suite's
 ceiling (seed 0) beside the floor on the first `N_SUITE` images of each seed-0
 model. Results go to benchmarks/fashion_mnist/recipe.json.
 """
@@ -36,6 +36,10 @@ EPS = 0.1
 BUDGET = {"nodes": 2000, "seconds": None, "work": 20_000}
 TIER = "alpha-crown"
 N_SUITE = 1000
+# The plain twin's verification: alpha-CROWN over 10,000 eps-boxes of the width-32 network ran past 20 minutes
+# on the 2-core machine and was stopped; the floor of the plain model is the weaker IBP-then-CROWN one, and its
+# attack ceiling is reported beside it.
+PLAIN_BOUNDS = ("ibp", "crown")
 OUT = Path(__file__).resolve().parent / "fashion_mnist" / "recipe.json"
 MODELS = Path("fashion-mnist-runs/recipe")
 
@@ -146,7 +150,7 @@ def evaluate(models: Path, out: Path, recipe_name: str, pause: list[int], only: 
                     x, y = torch.from_numpy(x_test[i:i + 500]), torch.from_numpy(y_test[i:i + 500])
                     lower, upper = (x - EPS).clamp(0, 1), (x + EPS).clamp(0, 1)
                     done = np.zeros(len(x), bool)
-                    for method in ("ibp", "crown", "alpha-crown"):  # each only on what the last left open
+                    for method in PLAIN_BOUNDS:  # each only on what the last left open
                         rest = torch.from_numpy(~done)
                         if rest.any():
                             done[~done] = certified_by_bounds(net, lower[rest], upper[rest], y[rest],
@@ -198,8 +202,9 @@ def render(data: dict[str, Any]) -> str:
     lines += ["", f"eps {data.get('eps', EPS):g}, all 10,000 test images. disc: `pixdisc.certify(..., bound="
                   f"'{data.get('tier', TIER)}', budget=Budget(nodes={budget['nodes']}, seconds=None, "
                   f"work={budget['work']}))` behind the codes {data.get('codes_255')}/255; plain: the same recipe "
-                  "trained on the eps-box without codes, verified by IBP, CROWN, then alpha-CROWN bounds (no "
-                  "branching: a lower floor than certify would give a discretized model).",
+                  "trained on the eps-box without codes, verified by IBP, then CROWN bounds (no branching, no "
+                  "alpha-CROWN: a lower floor than the discretized model's verifier gives; its attack ceiling is "
+                  "the other side).",
               "Commands: `python benchmarks/fashion_mnist_recipe.py train --kind disc|plain --seed S`, then "
               "`python benchmarks/fashion_mnist_recipe.py evaluate` and `render`."]
     return "\n".join(lines)
